@@ -1,0 +1,19 @@
+"""ddalign: minimal alignment transplants found by delta debugging (DAPA, arXiv 2406.01514)."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "Patch", "apply_patch", "patched", "extract", "apply_to_folder"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import ddalign` stays cheap (no torch import) for the CLI's --help.
+    if name in {"Patch", "apply_patch", "patched", "apply_to_folder"}:
+        from ddalign import patch as _patch
+
+        return getattr(_patch, name)
+    if name == "extract":
+        from ddalign.delta import extract
+
+        return extract
+    raise AttributeError(f"module 'ddalign' has no attribute {name!r}")
