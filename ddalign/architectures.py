@@ -20,8 +20,10 @@ Scope only matters for whole-layer components (`L3`), which resolve to the scope
 """
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import functools
+import itertools
 import math
 import re
 from collections import Counter
@@ -632,17 +634,38 @@ class ArchitectureMap:
         raise DdalignError(f"granularity {granularity!r}: expected layer, module or block")
 
     def _drop_covered(self, components: list[Component]) -> list[Component]:
-        # Only components of the same layer can overlap: compare within each layer.
+        """Drop units inside another selected unit. Near-linear: a patch may list many blocks."""
         by_layer: dict[int | None, list[Component]] = {}
         for c in components:
             by_layer.setdefault(c.layer, []).append(c)
-        keep = []
+        keep: list[Component] = []
         for group in by_layer.values():
-            slices = {c: self.resolve(c) for c in group}
-            for c in group:
-                covered = any(o != c and _slices_cover(slices[o], slices[c]) and
-                              not (_slices_cover(slices[c], slices[o]) and c < o)
-                              for o in group)
+            wholes = [c for c in group if c.block is None]
+            slices = {c: self.resolve(c) for c in wholes}
+
+            def inside_a_whole(c: Component, own: list[TensorSlice]) -> bool:
+                return any(o != c and _related(o, c) and _slices_cover(slices[o], own) and
+                           not (c in slices and _slices_cover(own, slices[o]) and c < o)
+                           for o in wholes)
+
+            keep.extend(c for c in wholes if not inside_a_whole(c, slices[c]))
+            # blocks: inside a whole unit, or inside a block of the same module or of the
+            # whole-FFN group (L3.mlp[0:32] holds L3.mlp.gate[8:16]): an interval sweep
+            blocks = sorted((c for c in group if c.block is not None),
+                            key=lambda c: (c.block[0], -c.block[1]))
+            reach: dict[str, int] = {}          # module -> furthest block end seen so far
+            mlp_starts = [c.block[0] for c in blocks if c.module == "mlp"]
+            mlp_reach = list(itertools.accumulate((c.block[1] for c in blocks
+                                                   if c.module == "mlp"), max))
+            for c in blocks:
+                a, b = c.block
+                covered = reach.get(c.module, -1) >= b
+                reach[c.module] = max(reach.get(c.module, -1), b)
+                if not covered and c.module.startswith("mlp."):
+                    n = bisect.bisect_right(mlp_starts, a)   # mlp blocks starting at or before a
+                    covered = n > 0 and mlp_reach[n - 1] >= b
+                if not covered and wholes:
+                    covered = inside_a_whole(c, self.resolve(c))
                 if not covered:
                     keep.append(c)
         return sorted(keep)
@@ -738,6 +761,11 @@ def _is_component_name(item: str) -> bool:
         return True
     except DdalignError:
         return False
+
+
+def _related(outer: Component, inner: Component) -> bool:
+    """Can `outer` hold `inner`? (the same module, its group, or the whole layer)"""
+    return outer.module in ("", inner.module) or inner.module.startswith(outer.module + ".")
 
 
 def _merge(slices: list[TensorSlice], shapes: dict) -> list[TensorSlice]:
@@ -935,6 +963,9 @@ def _infer_table(module_paths: set[str]) -> dict[str, tuple]:
         if path.endswith(_BUFFER_SUFFIXES) or path == "":
             continue
         pieces = path.split(".")
+        if any(p.isdigit() for p in pieces):   # experts.0.w1 etc.: not the layer's own MLP
+            extras["extra." + path] = (path, path)
+            continue
         leaf, parent = pieces[-1], ".".join(pieces[:-1])
         if leaf == "gate_up_proj":
             for idx, module in enumerate(("mlp.gate", "mlp.up")):

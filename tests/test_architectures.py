@@ -301,6 +301,25 @@ def test_inferred_unknown_leaves_become_extra_modules():
     assert "blocks.0.attn.rotary.inv_freq" in amap.unmapped and "tok.weight" in amap.unmapped
 
 
+def test_mixture_of_experts_is_not_mistaken_for_a_dense_mlp():
+    shapes = {f"model.layers.0.block_sparse_moe.experts.{e}.{w}.weight": (8, 4)
+              for e in range(2) for w in ("w1", "w2", "w3")}
+    shapes["model.layers.0.block_sparse_moe.gate.weight"] = (2, 4)
+    with pytest.raises(DdalignError, match="experts.0.w1"):
+        ArchitectureMap.from_config({"model_type": "mystery_moe"}, shapes)
+
+
+def test_split_directions_come_from_the_tp_plan():
+    from transformers import AutoConfig
+
+    from ddalign.architectures import _tp_plan
+
+    assert _tp_plan(AutoConfig.for_model("phi3")) == {
+        "self_attn.qkv_proj": "colwise", "self_attn.o_proj": "rowwise",
+        "mlp.gate_up_proj": "colwise", "mlp.down_proj": "rowwise"}
+    assert _tp_plan(AutoConfig.for_model("gpt2")) == {}
+
+
 def test_unknown_layout_error_lists_what_was_found():
     with pytest.raises(DdalignError) as err:
         ArchitectureMap.from_config({"model_type": "mystery"},
@@ -367,6 +386,11 @@ def test_scopes(maps):
     assert names("L1.mlp.gate[0:16],embed,mlp.gate", layers=None) == \
         ["embed", "L0.mlp.gate", "L1.mlp.gate", "L2.mlp.gate"]  # the block is inside L1.mlp.gate
     assert names("L1.mlp.gate[0:16],L2.attn.o") == ["L1.mlp.gate[0:16]", "L2.attn.o"]
+    assert names("L1.mlp.gate[0:16],L1.mlp.gate[4:8],L1.mlp[0:32],L1.mlp.down[8:16],"
+                 "L1.mlp.up[32:40],L1.mlp.up[36:40],L2.attn.o[0:4],L2.attn.o") == [
+        "L1.mlp[0:32]", "L1.mlp.up[32:40]", "L2.attn.o"]
+    many = [f"L1.mlp.gate[{a}:{a + 1}]" for a in range(FFN)] + ["L1.mlp.gate[0:64]"]
+    assert names(many) == ["L1.mlp.gate[0:64]"]
     assert names("mlp", layers=range(1, 3), granularity="layer") == ["L1", "L2"]
     assert names("all", granularity="layer") == ["embed", "L0", "L1", "L2", "norm.final", "head"]
     assert names("mlp.gate", layers="2", granularity="block", block_size=30) == [
