@@ -620,9 +620,14 @@ class ArchitectureMap:
                 chosen.update(found)
             else:
                 comp = Component.parse(item)
-                self.resolve(comp)  # must exist
-                if selected_layers is None or comp.layer in selected_layers:
-                    chosen.add(comp)
+                if comp.layer is not None and comp.module == "":   # "L3": all of layer 3
+                    self._check_layer(comp.layer)
+                    found = self._keyword("all", comp.layer)
+                else:
+                    self.resolve(comp)  # must exist
+                    found = [comp]
+                chosen.update(c for c in found
+                              if selected_layers is None or c.layer in selected_layers)
         units = self._drop_covered(sorted(chosen))
         if granularity == "module":
             return units
@@ -730,6 +735,11 @@ class ArchitectureMap:
                     for b in self.expand(c, "block", block_size)]
         if component.layer is None:
             return [component]
+        if component.module == "attn" and component.block is None and \
+                "attn" not in self._layers[component.layer]:
+            # q, k, v, o have different row counts: the group splits into its members' blocks
+            return [b for c in self.expand(component, "module")
+                    for b in self.expand(c, "block", block_size)]
         size = self.extent(component)
         if size is None:
             return [component]

@@ -391,6 +391,13 @@ def test_scopes(maps):
         "L1.mlp[0:32]", "L1.mlp.up[32:40]", "L2.attn.o"]
     many = [f"L1.mlp.gate[{a}:{a + 1}]" for a in range(FFN)] + ["L1.mlp.gate[0:64]"]
     assert names(many) == ["L1.mlp.gate[0:64]"]
+    assert names("L2") == ["L2.attn.q", "L2.attn.k", "L2.attn.v", "L2.attn.o", "L2.mlp",
+                           "L2.norm.in", "L2.norm.post"]
+    assert llama.with_scope("L2").resolve("L2") == llama.resolve("L2", scope="all")
+    assert names("L*.attn", layers="0") == ["L0.attn"]
+    assert names("L*.attn", layers="0", granularity="block", block_size=16) == [
+        "L0.attn.q[0:16]", "L0.attn.q[16:32]", "L0.attn.k[0:16]", "L0.attn.v[0:16]",
+        "L0.attn.o[0:16]", "L0.attn.o[16:32]"]
     assert names("mlp", layers=range(1, 3), granularity="layer") == ["L1", "L2"]
     assert names("all", granularity="layer") == ["embed", "L0", "L1", "L2", "norm.final", "head"]
     assert names("mlp.gate", layers="2", granularity="block", block_size=30) == [
