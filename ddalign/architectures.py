@@ -595,6 +595,8 @@ class ArchitectureMap:
         scope = self.scope if scope is None else scope
         items = self._scope_items(scope)
         selected_layers = parse_layers(layers, self.num_layers)
+        if selected_layers == []:
+            raise DdalignError("--layers: no layer selected")
         layer_list = range(self.num_layers) if selected_layers is None else selected_layers
         universe = None
         chosen: set[Component] = set()

@@ -411,6 +411,8 @@ def test_scope_errors(maps):
         maps["llama"].components("L*.ffn.*")
     with pytest.raises(DdalignError, match="layer 7 does not exist"):
         maps["llama"].components("mlp", layers="2-7")
+    with pytest.raises(DdalignError, match="no layer selected"):
+        maps["llama"].components("mlp", layers=[])
     with pytest.raises(DdalignError, match="block end 99"):
         maps["llama"].resolve("L0.mlp.gate[0:99]")
     with pytest.raises(DdalignError, match="no rows"):
