@@ -21,7 +21,7 @@ HEAD_DIM = HIDDEN // HEADS
 # The families ddalign's architecture map lists by name.
 LISTED_FAMILIES = ("llama", "mistral", "gemma", "gemma2", "qwen2", "phi3", "gpt2", "gpt_neox")
 # Families the map does not list: their map is inferred from tensor names.
-UNLISTED_FAMILIES = ("stablelm", "olmo")
+UNLISTED_FAMILIES = ("stablelm", "olmo", "starcoder2")
 FAMILIES = LISTED_FAMILIES + UNLISTED_FAMILIES
 
 
@@ -91,9 +91,16 @@ def _olmo(layers: int):
     return OlmoForCausalLM(OlmoConfig(**_decoder_kwargs(layers), tie_word_embeddings=False))
 
 
+def _starcoder2(layers: int):
+    from transformers import Starcoder2Config, Starcoder2ForCausalLM
+    return Starcoder2ForCausalLM(Starcoder2Config(**_decoder_kwargs(layers),
+                                                  tie_word_embeddings=False))
+
+
 BUILDERS: dict[str, Callable[[int], torch.nn.Module]] = {
     "llama": _llama, "mistral": _mistral, "gemma": _gemma, "gemma2": _gemma2, "qwen2": _qwen2,
     "phi3": _phi3, "gpt2": _gpt2, "gpt_neox": _gpt_neox, "stablelm": _stablelm, "olmo": _olmo,
+    "starcoder2": _starcoder2,
 }
 
 

@@ -122,7 +122,8 @@ def test_tied_families_have_no_head_and_untied_ones_do(maps):
 
 # ---------------------------------------------------------------------- family semantics
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2", "phi3", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2", "phi3", "gpt2", "gpt_neox",
+                                    "stablelm", "starcoder2"])
 def test_mlp_neuron_blocks_sum_to_the_real_mlp_output(folders, maps, stored, family):
     """L1.mlp[a:b] is a group of FFN neurons: the blocks' partial outputs add up to the MLP's."""
     amap, values = maps[family], stored[family]
@@ -134,15 +135,15 @@ def test_mlp_neuron_blocks_sum_to_the_real_mlp_output(folders, maps, stored, fam
     with torch.no_grad():
         expected = layer.mlp(x)
         total = torch.zeros_like(expected)
-        act = layer.mlp.act if family in ("gpt2", "gpt_neox") else layer.mlp.activation_fn \
-            if family == "phi3" else layer.mlp.act_fn
+        act = layer.mlp.act if family in ("gpt2", "gpt_neox", "starcoder2") else \
+            layer.mlp.activation_fn if family == "phi3" else layer.mlp.act_fn
         for block in amap.expand("L1.mlp", "block", block_size=24):
             parts = amap.resolve(block)
             by_role = _mlp_roles(family, parts, values)
             if family == "gpt2":        # Conv1D: weights stored (in, out)
                 h = act(x @ by_role["up_w"] + by_role["up_b"])
                 total += h @ by_role["down_w"]
-            elif family == "gpt_neox":
+            elif family in ("gpt_neox", "starcoder2"):   # no gate; biased up projection
                 h = act(x @ by_role["up_w"].T + by_role["up_b"])
                 total += h @ by_role["down_w"].T
             else:
@@ -150,7 +151,8 @@ def test_mlp_neuron_blocks_sum_to_the_real_mlp_output(folders, maps, stored, fam
                 total += h @ by_role["down_w"].T
         # the output-side bias belongs to the whole module, never to a block
         down_bias = {"gpt2": "transformer.h.1.mlp.c_proj.bias",
-                     "gpt_neox": "gpt_neox.layers.1.mlp.dense_4h_to_h.bias"}.get(family)
+                     "gpt_neox": "gpt_neox.layers.1.mlp.dense_4h_to_h.bias",
+                     "starcoder2": "model.layers.1.mlp.c_proj.bias"}.get(family)
         if down_bias:
             assert down_bias not in {s.tensor for b in amap.expand("L1.mlp", "block", 24)
                                      for s in amap.resolve(b)}
@@ -270,6 +272,18 @@ def test_gemma2_extra_norms_are_modules(maps):
 
 
 # ---------------------------------------------------------------------- inference
+
+def test_starcoder2_is_inferred_with_its_biased_linear_mlp(maps):
+    amap = maps["starcoder2"]
+    assert amap.inferred and amap.modules(0) == [
+        "attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down", "norm.in", "norm.post"]
+    assert amap.resolve("L0.mlp[8:16]") == [           # nn.Linear (out, in), not Conv1D
+        TensorSlice("model.layers.0.mlp.c_fc.weight", 0, 8, 16),
+        TensorSlice("model.layers.0.mlp.c_fc.bias", 0, 8, 16),
+        TensorSlice("model.layers.0.mlp.c_proj.weight", 1, 8, 16)]
+    assert amap.resolve("L0.attn.o") == [TensorSlice("model.layers.0.self_attn.o_proj.weight", None),
+                                         TensorSlice("model.layers.0.self_attn.o_proj.bias", None)]
+
 
 @pytest.mark.parametrize("family", ["stablelm", "olmo"])
 def test_unlisted_family_is_inferred_from_tensor_names(maps, family):
