@@ -114,6 +114,22 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return safe, pickled
 
 
+def check_model_folder(path, *, allow_pickle: bool = False) -> Path:
+    """The folder, if it holds config.json and weights we may load (safetensors, or pickle when allowed)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise DdalignError(f"{folder}: expected a model folder (config.json + weights), not found")
+    if not (folder / "config.json").is_file():
+        raise DdalignError(f"{folder}: no config.json; expected a Hugging Face model folder")
+    safe, pickled = _weight_files(folder)
+    if not safe and not pickled:
+        raise DdalignError(f"{folder}: no *.safetensors weights found")
+    if not safe and not allow_pickle:
+        raise DdalignError(f"{folder}: only pickle weights ({pickled[0].name}); pass allow_pickle "
+                           "(--allow-pickle) to load them with weights_only=True")
+    return folder
+
+
 def _needs_device_map(folder: Path, dtype: torch.dtype, device: str) -> bool:
     """True when the weights (at `dtype`) do not fit in one GPU: then accelerate spreads them."""
     if not device.startswith("cuda") or torch.cuda.device_count() < 1:
@@ -138,17 +154,8 @@ def load_model(path, *, device: str | None = None, dtype: str | torch.dtype | No
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(path)
-    if not folder.is_dir():
-        raise DdalignError(f"{folder}: expected a model folder (config.json + weights), not found")
-    if not (folder / "config.json").is_file():
-        raise DdalignError(f"{folder}: no config.json; expected a Hugging Face model folder")
-    safe, pickled = _weight_files(folder)
-    if not safe and not pickled:
-        raise DdalignError(f"{folder}: no *.safetensors weights found")
-    if not safe and not allow_pickle:
-        raise DdalignError(f"{folder}: only pickle weights ({pickled[0].name}); pass allow_pickle "
-                           "(--allow-pickle) to load them with weights_only=True")
+    folder = check_model_folder(path, allow_pickle=allow_pickle)
+    safe, _ = _weight_files(folder)
     device, torch_dtype = auto_device_dtype(device, dtype)
     if device_map is None and _needs_device_map(folder, torch_dtype, device):
         device_map = "auto"
