@@ -58,9 +58,12 @@ def evaluate_cmd(ctx: click.Context, model: str, **options) -> None:
     from ddalign.evaluate.runner import evaluate_model, load_options_file, metrics_table
 
     if options["config_file"]:
-        for key, value in load_options_file(options["config_file"]).items():
-            if key not in options or key == "config_file":
-                raise DdalignError(f"{options['config_file']}: unknown option {key!r}")
+        names = {p.name: p.name for p in ctx.command.params}
+        names.update({o.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params for o in p.opts})
+        for given, value in load_options_file(options["config_file"]).items():
+            key = names.get(given)
+            if key is None or key in ("config_file", "model"):
+                raise DdalignError(f"{options['config_file']}: unknown option {given!r}")
             if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
                 options[key] = tuple(value) if isinstance(value, list) else value
     o = options
