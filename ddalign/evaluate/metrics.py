@@ -62,6 +62,9 @@ def over_refusal_rate(refused: Iterable[bool]) -> Rate:
 
 # --- perplexity ------------------------------------------------------------------------------
 
+LOGITS_BUDGET = 512 * 2**20
+"""Bytes of logits one perplexity batch may hold (a 32k vocabulary x 1024 tokens is 128 MiB)."""
+
 @dataclass
 class Perplexity:
     """exp of the token-weighted mean NLL, with the counts behind it."""
@@ -119,8 +122,14 @@ def perplexity_stats(model, tokenizer, texts: Sequence[str], *, stride: int | No
                 pieces.append((ids[begin:end], scored))
     total_nll, total_tokens = 0.0, 0
     pieces.sort(key=lambda p: -len(p[0]))
-    for start in range(0, len(pieces), batch_size):
+    # Logits are windows x length x vocab floats: cap a batch near LOGITS_BUDGET bytes.
+    vocab = int(getattr(model.config, "vocab_size", 32000) or 32000)
+    per_window = max(len(pieces[0][0]), 1) * vocab * 4 if pieces else 1
+    batch_size = max(1, min(batch_size, LOGITS_BUDGET // per_window))
+    start = 0
+    while start < len(pieces):
         chunk = pieces[start:start + batch_size]
+        start += len(chunk)
         width = max(len(p[0]) for p in chunk)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -129,12 +138,11 @@ def perplexity_stats(model, tokenizer, texts: Sequence[str], *, stride: int | No
             ids[b, :len(window)] = torch.tensor(window)
             mask[b, :len(window)] = 1
             score[b, len(window) - scored:len(window)] = True
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = ids[:, 1:].to(device)
-        nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        keep = score[:, 1:].to(device)
-        total_nll += float(nll[keep].sum(dtype=torch.float64))
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        keep = score[:, 1:].to(logits.device)
+        targets = ids[:, 1:].to(logits.device)
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="sum")
+        total_nll += float(nll)
         total_tokens += int(keep.sum())
     if total_tokens == 0:
         raise DdalignError("perplexity: the texts hold no token to predict (each needs at least two tokens)")
