@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ddalign.errors import DdalignError
 from ddalign.evaluate.generate import load_model
@@ -35,6 +37,22 @@ def test_wilson_properties_and_errors():
     assert narrow[1] - narrow[0] < hi - lo
     with pytest.raises(DdalignError, match="wilson"):
         wilson(5, 3)
+
+
+@given(st.integers(0, 500).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_wilson_contains_the_estimate(kn):
+    k, n = kn
+    lo, hi = wilson(k, n)
+    assert 0.0 <= lo <= hi <= 1.0
+    if n:
+        assert lo - 1e-12 <= k / n <= hi + 1e-12
+        assert wilson(n - k, n) == pytest.approx((1 - hi, 1 - lo), abs=1e-9)     # symmetric
+
+
+@given(st.text(max_size=60))
+def test_normalisation_is_idempotent(text):
+    once = normalise_answer(text)
+    assert normalise_answer(once) == once
 
 
 def test_rates_with_counts():

@@ -244,7 +244,9 @@ def _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match, ppl_
             samples["benign"] = [{"id": getattr(p, "id", None), "prompt": _text(p), "answer": a,
                                   "reference": _reference(p)} for p, a in zip(prompts, answers)]
     record.generation["accuracy_match"] = accuracy_match
-    record.cost = {**generator.stats.as_dict(), "stages": stages}
+    cost = generator.stats.as_dict()
+    cost["generation_seconds"] = cost.pop("seconds")
+    record.cost = {**cost, "stages": stages}
     record.samples = samples if keep_answers else None
     return record
 
