@@ -214,3 +214,35 @@ def test_cuda_bf16_path(tmp_path):
     assert model.device.type == "cuda"
     out = Generator(model, tok, GenerationConfig(max_new_tokens=4)).generate(PROMPTS[:3])
     assert len(out) == 3
+
+
+def tiny_family_config(family: str, vocab: int):
+    import transformers as T
+
+    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    attn = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return {
+        "mistral": lambda: T.MistralConfig(num_key_value_heads=2, sliding_window=8, **attn, **common),
+        "qwen2": lambda: T.Qwen2Config(num_key_value_heads=2, **attn, **common),
+        "gemma2": lambda: T.Gemma2Config(num_key_value_heads=2, head_dim=8, sliding_window=8, **attn, **common),
+        "phi3": lambda: T.Phi3Config(num_key_value_heads=2, **attn, **common),
+        "gpt_neox": lambda: T.GPTNeoXConfig(**attn, **common),
+        "gpt2": lambda: T.GPT2Config(n_embd=32, n_layer=2, n_head=4, **common),
+    }[family]()
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma2", "phi3", "gpt_neox", "gpt2"])
+def test_other_families_and_sliding_window_caches(family):
+    """Dropping rows from the cache works for sliding-window caches too (prompts > window 8)."""
+    from transformers import AutoModelForCausalLM
+
+    tok = make_byte_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_family_config(family, len(tok))).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(20.0)
+    gen = Generator(model, tok, GenerationConfig(max_new_tokens=12, batch_size=3))
+    want = [reference_greedy(model, tok, gen, p, 12) for p in PROMPTS]
+    assert gen.generate(PROMPTS) == want
+    stopped = gen.generate(PROMPTS, stop_when=lambda text: len(text) > 6)
+    assert all(w.startswith(s) for s, w in zip(stopped, want))
