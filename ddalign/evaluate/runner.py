@@ -29,6 +29,9 @@ BUILTIN_SETS = {"harmful": "harmful-heldout", "safe": "safe", "benign": "benign-
 
 Progress = Callable[[str, int, int], None]      # (stage, done, total)
 
+UNSAFE_LABELS = {"unsafe", "harmful"}
+"""Prompt labels that mark a prompt as not belonging in the over-refusal (safe) set."""
+
 
 @dataclass
 class EvaluationRecord:
@@ -110,6 +113,12 @@ def resolve_prompts(role: str, spec, *, column: str | None = None, limit: int | 
         prompts, source = list(load_prompts(path, column=column)), str(path)
     else:
         prompts, source = list(spec), "given"
+    dropped = 0
+    if role == "safe":             # e.g. the whole XSTest file: its unsafe contrast prompts are not "safe"
+        kept = [p for p in prompts if str(getattr(p, "label", "") or "").lower() not in UNSAFE_LABELS]
+        dropped, prompts = len(prompts) - len(kept), kept
+        if dropped:
+            source += f" (label=safe only; {dropped} unsafe-labelled left out)"
     if limit is not None:
         if limit < 1:
             raise DdalignError(f"--limit: expected a positive number, got {limit}")
