@@ -406,7 +406,8 @@ def hierarchical(items: Iterable, test: Test, *, expanders: Sequence[Callable[[A
     from the previous level's result, and each level's result passes and is 1-minimal among
     that level's units. When a level's expansion of the kept units does not pass (children can
     cover less than their parent, e.g. row blocks leave out norms), that level is skipped: its
-    result is the previous one, and the next expander receives those unexpanded units.
+    result is the previous one, and the next expander receives those unexpanded units. A unit
+    whose expander returns no children is kept as it is; children shared by two units count once.
     levels: names for the trace and the journal (default: layer, module, block for three levels).
     prior: weights for the units of every level (dict over all of them, or a function).
     key: the cache key of a subset (default frozenset). Pass one that maps units to what they
@@ -442,9 +443,12 @@ def hierarchical(items: Iterable, test: Test, *, expanders: Sequence[Callable[[A
     for expander, level in zip(expanders, levels[1:]):
         before = session.tests
         children: list = []
-        for unit in current:
-            children.extend(expander(unit))
-        children = _unique(children)
+        seen: set = set()
+        for unit in current:     # a unit without children stays as it is
+            for child in list(expander(unit)) or [unit]:
+                if child not in seen:
+                    seen.add(child)
+                    children.append(child)
         if session.ask(children, level) is Verdict.FAIL:
             results.append(LevelResult(level, len(children), list(current),
                                        session.tests - before,

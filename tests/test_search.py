@@ -203,6 +203,21 @@ def test_hierarchical_skips_a_level_whose_expansion_fails():
     assert result.levels[0].skipped is None
 
 
+def test_hierarchical_keeps_childless_units_and_shared_children_once():
+    children = {"A": ["a1", "a2"], "B": [], "C": ["a2", "c1"]}
+    seen = []
+
+    def oracle(units):
+        seen.append(sorted(units))
+        return Verdict.PASS if {"B", "a2"} <= set(units) or {"A", "B"} <= set(units) else Verdict.FAIL
+
+    result = hierarchical(["A", "B", "C"], oracle, expanders=[children.__getitem__],
+                          levels=["layer", "module"])
+    assert result.levels[0].minimal == ["A", "B"]
+    assert ["B", "a1", "a2"] in seen            # B kept as itself, A expanded
+    assert result.minimal == ["a2", "B"]          # children in the order of their parents
+
+
 def test_hierarchical_rejects_bad_arguments():
     with pytest.raises(DdalignError, match="algorithm"):
         hierarchical([1, 2], monotone({1}), expanders=[], algorithm="bisect")
