@@ -279,6 +279,8 @@ def _probdd_core(session: _Session, items: list, level: str, prior: Callable[[An
     """ProbDD on a passing `items`, then a pass that makes the result 1-minimal."""
     position = {item: i for i, item in enumerate(items)}
     weight = {item: prior(item) for item in items}
+    # The prior only orders the removals. Scaling p by it was measured (monotone oracles,
+    # n = 64..1024): no gain with an informative prior, 20% more tests with a misleading one.
     p = {item: p0 for item in items}
     current = list(items)
     while True:
