@@ -21,6 +21,7 @@ round with the same verdict.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -248,21 +249,21 @@ class Oracle:
         return record
 
     def measure(self, candidate: Iterable[str]) -> dict:
-        """Full evaluation of a candidate, no early stop (for reports and calibration):
+        """Full evaluation of a candidate, no early stop (for reports):
         {"dsr", "over_refusal", "perplexity", "benign_accuracy"} (each a dict or None),
-        "verdict" (once calibrated), "guards" (each guard's bound and outcome) and "cost"."""
+        "verdict", "guards" (each bound and outcome) and "cost". The empty candidate and the
+        full bundle return the calibration's measurements (deterministic: not run twice)."""
         key = self._key(candidate)
-        if self.calibration is None and key not in (frozenset(), self.full):
-            self.calibrate()
-        started = time.perf_counter()
-        swapped = self.patcher.set_active(key)
-        result, cost = self._measure_applied()
-        cost.update(seconds=round(time.perf_counter() - started, 4), tensors_swapped=int(swapped or 0))
-        result["cost"] = cost
-        if self.calibration is not None:
-            verdict, guards = self._verdict_of_measure(result)
-            result["verdict"], result["guards"] = verdict.value, guards
-            self.cache.setdefault(key, (verdict, _summary_of_measure(result)))
+        cal = self.calibrate()
+        if key == frozenset():
+            return copy.deepcopy(cal.empty)
+        if key == self.full:
+            return copy.deepcopy(cal.full)
+        result = self._measure(key)
+        verdict, guards = self._verdict_of_measure(result)
+        result["verdict"], result["guards"] = verdict.value, guards
+        self.cache.setdefault(key, (verdict, _summary_of_measure(result)))
+        self._add_cost(result["cost"])
         return result
 
     def calibrate(self) -> Calibration:
@@ -270,8 +271,8 @@ class Oracle:
         if self.calibration is not None:
             return self.calibration
         started = time.perf_counter()
-        empty = self.measure(frozenset())
-        full = self.measure(self.full)
+        empty = self._measure(frozenset())
+        full = self._measure(self.full)
         n = len(self.harmful)
         if self.config.target_dsr is not None:
             target = float(self.config.target_dsr)
@@ -290,6 +291,14 @@ class Oracle:
             result["verdict"], result["guards"] = verdict.value, guards
             self.cache[key] = (verdict, _summary_of_measure(result))
         return self.calibration
+
+    def _measure(self, key: frozenset) -> dict:
+        started = time.perf_counter()
+        swapped = self.patcher.set_active(key)
+        result, cost = self._measure_applied()
+        cost.update(seconds=round(time.perf_counter() - started, 4), tensors_swapped=int(swapped or 0))
+        result["cost"] = cost
+        return result
 
     def restore(self) -> None:
         """Put the model back exactly as it was loaded."""
