@@ -184,11 +184,16 @@ class _Session:
         subset = list(subset)
         key = self.key(subset)
         mask = self._mask(subset) if self.assume_monotone else 0
-        verdict = self.cache.get(key)
-        source = "cache"
-        if verdict is None and self.assume_monotone:
-            verdict = self._infer(mask)
-            source = "inferred"
+        # Inference first, then the cache: the store of known sets grows only from answered
+        # questions, identically in a first run and in its replay, whereas a pre-filled cache
+        # also holds later answers. Cache first would let a replay diverge wherever an
+        # inference disagrees with a later real test (a non-monotone oracle, or another unit
+        # set with the same key).
+        verdict, source = None, "cache"
+        if self.assume_monotone:
+            verdict, source = self._infer(mask), "inferred"
+        if verdict is None:
+            verdict, source = self.cache.get(key), "cache"
         if verdict is None:
             verdict = _verdict(self.test(list(subset)), f"test({len(subset)} items)")
             source = "oracle"

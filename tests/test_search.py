@@ -245,6 +245,24 @@ def test_resume_from_any_cut_repeats_no_test(algorithm, assume_monotone, case, c
     assert [r.subset for r in resumed.trace] == [r.subset for r in full.trace]
 
 
+def test_replay_with_the_whole_journal_is_exact_even_when_inference_is_wrong():
+    # assume_monotone on non-monotone oracles: inferences can disagree with later real tests
+    # of the same content; a replay given every verdict must still retrace the first run.
+    import random
+    for seed in range(150):
+        rng = random.Random(seed)
+        weights = [rng.randint(-3, 6) for _ in range(10)]
+        if sum(weights) <= 0:
+            continue
+        oracle = threshold(weights, rng.randint(1, sum(weights)))
+        first = Recorder(oracle)
+        full = run("hierarchical", range(10), first, assume_monotone=True)
+        second = Recorder(oracle)
+        again = run("hierarchical", range(10), second, assume_monotone=True, cache=dict(first.calls))
+        assert second.calls == [], seed
+        assert [(r.subset, r.verdict) for r in again.trace] == [(r.subset, r.verdict) for r in full.trace]
+
+
 def test_cache_accepts_journal_strings_and_is_not_modified():
     oracle = monotone({2, 5})
     full = probdd(range(8), oracle)
