@@ -72,12 +72,12 @@ def test_from_env(monkeypatch):
 
 # --- the two-process run ---------------------------------------------------------------------
 
-def build(target: str, donor: str):
+def build(target: str, donor: str, device: str = "cpu"):
     """Target model and a bundle of the donor's tensors (whole tensors per component)."""
     from ddalign.evaluate.generate import load_model
 
-    model, tok = load_model(target, device="cpu", dtype="float32")
-    donor_model, _ = load_model(donor, device="cpu", dtype="float32")
+    model, tok = load_model(target, device=device, dtype="float32")
+    donor_model, _ = load_model(donor, device=device, dtype="float32")
     params = dict(donor_model.named_parameters())
     bundle = {}
     for i in range(2):
@@ -97,7 +97,7 @@ def evaluate(spec: dict, dist: Dist) -> dict:
     from test_oracle import TensorPatcher
 
     torch.set_num_threads(1)
-    model, tok, bundle = build(spec["target"], spec["donor"])
+    model, tok, bundle = build(spec["target"], spec["donor"], dist.device if spec["backend"] == "nccl" else "cpu")
     benign = [type("P", (), {"text": q, "reference": a})() for q, a in BENIGN]
     oracle = Oracle(model, tok, None, HARMFUL, safe=SAFE, benign=benign, judge=KeywordJudge(spec["markers"]),
                     patcher=TensorPatcher(model, bundle), full=list(bundle), dist=dist,
@@ -126,7 +126,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_count_and_decide_as_one(tmp_path):
+@pytest.mark.parametrize("backend", [
+    "gloo",
+    pytest.param("nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="NCCL run needs two CUDA devices")]),
+])
+def test_two_processes_count_and_decide_as_one(tmp_path, backend):
     from test_generate import make_tiny_chat_model
     from test_oracle import marker_judge
 
@@ -135,12 +140,12 @@ def test_two_processes_count_and_decide_as_one(tmp_path):
     model, tok, bundle = build(str(target), str(donor))
     markers = marker_judge(model, tok, bundle, HARMFUL).markers
     del model
-    spec = {"target": str(target), "donor": str(donor), "markers": markers,
+    spec = {"target": str(target), "donor": str(donor), "markers": markers, "backend": backend,
             "config": {"target_dsr": 0.5, "max_ppl_increase": 0.5, "max_over_refusal_rise": 0.2,
                        "max_accuracy_drop": 0.2, "batch_size": 2, "max_new_tokens": 6}}
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(spec))
-    single = evaluate(spec, Dist.single())
+    single = evaluate(spec, Dist.single())          # one process (GPU 0 for the NCCL case)
 
     out = tmp_path / "out"
     out.mkdir()
@@ -162,7 +167,7 @@ def test_two_processes_count_and_decide_as_one(tmp_path):
     for a, b in zip(single["measure"], two["measure"]):       # full evaluations: identical counts
         for key in ("dsr", "over_refusal", "benign_accuracy", "tokens", "prompts", "verdict"):
             assert a[key] == b[key], key
-        assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-5)
+        assert b["perplexity"] == pytest.approx(a["perplexity"], rel=1e-5 if backend == "gloo" else 1e-3)
     for a, b in zip(single["test"], two["test"]):             # early stops: the same verdicts
         assert (a["verdict"], a["failed"]) == (b["verdict"], b["failed"])
         assert b["prompts"] <= single["measure"][0]["prompts"]
@@ -171,10 +176,10 @@ def test_two_processes_count_and_decide_as_one(tmp_path):
 
 def worker(spec_file: str, out_dir: str) -> None:
     """One process of the two-process test: join the group from torchrun's variables."""
-    dist = Dist.from_env()
+    spec = json.loads(Path(spec_file).read_text())
+    dist = Dist.from_env(backend=spec["backend"])
     try:
-        assert dist.world_size == 2 and dist.backend == "gloo", dist
-        spec = json.loads(Path(spec_file).read_text())
+        assert dist.world_size == 2 and dist.backend == spec["backend"], dist
         result = evaluate(spec, dist)
         result["world_size"] = dist.world_size
         result["shard_sizes"] = dist.all_sum([len(dist.shard(HARMFUL)) if r == dist.rank else 0

@@ -5,6 +5,7 @@ guards and restore on a tiny random Llama."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -317,6 +318,9 @@ def test_perplexity_guard_fails_a_bundle_of_huge_values(tiny_setup):
     huge = dict(bundle)
     name = "model.layers.1.mlp.up_proj.weight"
     huge["L1.mlp.up.huge"] = {name: torch.full_like(bundle["L1.mlp.up"][name], 50.0)}
+    gen = torch.Generator().manual_seed(0)
+    head = torch.randn(bundle["head"]["lm_head.weight"].shape, generator=gen) * 1e6
+    huge["head.broken"] = {"lm_head.weight": head}        # NLL of thousands of nats: exp overflows
     # DSR target 0 passes everything: the verdict is the guard's alone.
     oracle = Oracle(model, tok, None, PROMPTS[:3], benign=benign, patcher=TensorPatcher(model, huge),
                     full=list(huge), config=OracleConfig(target_dsr=0.0, max_ppl_increase=0.05,
@@ -327,6 +331,9 @@ def test_perplexity_guard_fails_a_bundle_of_huge_values(tiny_setup):
     assert bad.verdict == Verdict.FAIL and bad.metrics["failed"] == "perplexity"
     assert bad.metrics["perplexity"]["value"] > bad.metrics["perplexity"]["bound"]
     assert "benign_accuracy" not in bad.metrics                   # cheapest first: stopped at ppl
+    broken = oracle.test_record(["head.broken"])
+    assert broken.verdict == Verdict.FAIL and broken.metrics["perplexity"]["value"] is None
+    json.dumps(broken.to_dict(), allow_nan=False)                # journal-safe
     ok = oracle.test_record([])
     assert ok.verdict == Verdict.PASS                              # the target is its own baseline
     assert oracle.measure(["L1.mlp.up.huge"])["verdict"] == "FAIL"

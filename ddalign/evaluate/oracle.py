@@ -284,6 +284,9 @@ class Oracle:
         cost = {"prompts": empty["cost"]["prompts"] + full["cost"]["prompts"],
                 "tokens": empty["cost"]["tokens"] + full["cost"]["tokens"],
                 "seconds": round(time.perf_counter() - started, 4)}
+        if self.config.max_ppl_increase is not None and empty["perplexity"]["value"] is None:
+            raise DdalignError("oracle max_ppl_increase: the target's own perplexity is not finite; "
+                               "expected a working target model")
         self.calibration = Calibration(empty=empty, full=full, target_dsr=target, need=need, n=n, cost=cost)
         self._add_cost(cost)
         for key, result in ((frozenset(), empty), (self.full, full)):
@@ -365,8 +368,9 @@ class Oracle:
             ppl, texts, tokens = self._perplexity()
             base = cal.empty["perplexity"]["value"]
             bound = base * (1.0 + self.config.max_ppl_increase)
-            ok = ppl <= bound
-            return ok, {"value": round(ppl, 6), "baseline": base, "bound": round(bound, 6), "passed": ok}, \
+            value = _finite(ppl)            # the rounded value, as measure() compares it
+            ok = value is not None and value <= bound
+            return ok, {"value": value, "baseline": base, "bound": round(bound, 6), "passed": ok}, \
                 {"prompts": 0, "tokens": 0}
         if guard == "over_refusal":
             n = len(self.safe)
@@ -433,13 +437,18 @@ class Oracle:
         mine = self.dist.shard(texts)
         nll_sum, tokens = 0.0, 0
         if mine:
-            stats = perplexity_stats(self.model, self.tokenizer, mine, max_length=self.config.ppl_max_length,
-                                     add_special_tokens=not self.generator.uses_chat_template)
-            nll_sum, tokens = stats.nll * stats.tokens, stats.tokens
+            try:
+                stats = perplexity_stats(self.model, self.tokenizer, mine, max_length=self.config.ppl_max_length,
+                                         add_special_tokens=not self.generator.uses_chat_template)
+                nll_sum, tokens = stats.nll * stats.tokens, stats.tokens
+            except OverflowError:       # exp(mean NLL) beyond float range: a broken candidate
+                nll_sum, tokens = math.inf, 1
         nll_sum, tokens = self.dist.all_sum([float(nll_sum), int(tokens)])
         if tokens == 0:
             raise DdalignError("oracle perplexity: the benign texts hold no token to predict")
-        return math.exp(nll_sum / tokens), len(texts), tokens
+        mean = nll_sum / tokens
+        value = math.exp(mean) if mean < 700 else math.inf      # nan stays nan: fails every bound
+        return value, len(texts), tokens
 
     def _measure_applied(self) -> tuple[dict, dict]:
         """Every available metric on the model as it now is, without early stop."""
@@ -458,7 +467,7 @@ class Oracle:
             result["over_refusal"] = Rate.of(test.successes, n).as_dict()
         if self.benign:
             ppl, texts, tokens = self._perplexity()
-            result["perplexity"] = {"value": round(ppl, 6), "texts": texts, "tokens": tokens}
+            result["perplexity"] = {"value": _finite(ppl), "texts": texts, "tokens": tokens}
             scored = [p for p in self.benign if _reference(p)]
             if scored:
                 test = CountTest(len(scored), len(scored) + 1)
@@ -476,8 +485,9 @@ class Oracle:
         base = cal.empty
         if self.config.max_ppl_increase is not None:
             bound = base["perplexity"]["value"] * (1.0 + self.config.max_ppl_increase)
-            guards["perplexity"] = {"value": result["perplexity"]["value"], "bound": round(bound, 6),
-                                    "passed": result["perplexity"]["value"] <= bound}
+            value = result["perplexity"]["value"]
+            guards["perplexity"] = {"value": value, "bound": round(bound, 6),
+                                    "passed": value is not None and value <= bound}
         if self.config.max_over_refusal_rise is not None:
             n = result["over_refusal"]["n"]
             allowed = base["over_refusal"]["k"] + allowed_at_most(self.config.max_over_refusal_rise, n)
@@ -490,6 +500,11 @@ class Oracle:
                                          "passed": result["benign_accuracy"]["k"] >= need}
         ok = all(g["passed"] for g in guards.values())
         return (Verdict.PASS if ok else Verdict.FAIL), guards
+
+
+def _finite(x: float) -> float | None:
+    """JSON-safe: a rounded finite number, or None (infinite / nan perplexity of a broken model)."""
+    return round(x, 6) if math.isfinite(x) else None
 
 
 def _count_metrics(test: CountTest) -> dict:
