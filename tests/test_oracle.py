@@ -340,3 +340,26 @@ def test_perplexity_guard_fails_a_bundle_of_huge_values(tiny_setup):
     oracle.restore()
     for key, value in model.state_dict().items():
         assert torch.equal(value, reference[key]), key
+
+
+# --- with the real patch modules (skipped until ddalign.patch / ddalign.delta land) -----------
+
+def test_real_patcher_restore_is_bit_identical_and_swaps_only_changes(tmp_path):
+    pytest.importorskip("ddalign.patch", reason="ddalign/patch.py (InPlacePatcher) not landed yet")
+    delta = pytest.importorskip("ddalign.delta", reason="ddalign/delta.py (extract) not landed yet")
+    aligned = make_tiny_chat_model(tmp_path / "aligned", seed=6, layers=2)
+    target = make_tiny_chat_model(tmp_path / "target", seed=5, layers=2)
+    patch = delta.extract(aligned, target, scope="mlp.gate", out=tmp_path / "bundle.safetensors")
+    model, tok = load_model(target, device="cpu", dtype="float32")
+    reference = copy.deepcopy(model.state_dict())
+    oracle = Oracle(model, tok, patch, PROMPTS[:4], config=OracleConfig(target_dsr=0.5, batch_size=4, max_new_tokens=4))
+    assert oracle.full == {"L0.mlp.gate", "L1.mlp.gate"}
+    oracle.calibrate()                                        # leaves the full bundle applied
+    assert oracle.test_record(["L0.mlp.gate"]).cost["tensors_swapped"] == 1     # L1 reverted only
+    assert oracle.test_record(["L1.mlp.gate"]).cost["tensors_swapped"] == 2     # L0 out, L1 in
+    gate = dict(model.named_parameters())["model.layers.1.mlp.gate_proj.weight"]
+    assert not torch.equal(gate, reference["model.layers.1.mlp.gate_proj.weight"])
+    assert oracle.test_record(["L1.mlp.gate"]).cached
+    oracle.restore()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, reference[name]), name
