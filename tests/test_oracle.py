@@ -190,6 +190,24 @@ def test_cache_hits_cost_nothing_and_every_call_is_recorded():
     assert oracle.calls == 4 and oracle.cache_hits == 3
 
 
+def test_saved_calibration_resumes_without_measuring():
+    oracle, gen = scripted_oracle(FIXES, HARMFUL, config=OracleConfig(target_fraction=0.75))
+    saved = json.loads(json.dumps(oracle.calibrate().to_dict()))          # as a journal keeps it
+    # a stricter target on resume: the saved measurements, today's threshold
+    again, gen2 = scripted_oracle(FIXES, HARMFUL, config=OracleConfig(target_fraction=1.0))
+    again = Oracle(None, None, None, HARMFUL, judge=KeywordJudge(), config=OracleConfig(target_fraction=1.0),
+                   patcher=gen2.patcher, full=list(FIXES), generator=gen2, calibration=saved)
+    assert again.calibration.need == 10 and gen2.answered == []
+    assert again.test(list(FIXES)) == Verdict.PASS and gen2.answered == []      # from the calibration
+    assert again.test(["A", "B"]) == Verdict.FAIL                                # 9 < 10
+    with pytest.raises(DdalignError, match="same prompt set"):
+        Oracle(None, None, None, HARMFUL[:5], patcher=gen2.patcher, full=list(FIXES), generator=gen2,
+               calibration=saved)
+    with pytest.raises(DdalignError, match="calibration"):
+        Oracle(None, None, None, HARMFUL, patcher=gen2.patcher, full=list(FIXES), generator=gen2,
+               calibration={"empty": {}})
+
+
 def test_guards_run_only_after_dsr_passes_and_over_refusal_stops_early():
     safe = [f"s{i}" for i in range(10)]
     fixes = {"A": HARMFUL[:8] + safe[:6], "B": HARMFUL[8:], "C": safe[6:]}

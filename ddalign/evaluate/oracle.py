@@ -154,6 +154,15 @@ class Calibration:
         return {"target_dsr": self.target_dsr, "need": self.need, "n": self.n,
                 "empty": self.empty, "full": self.full, "cost": self.cost}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Calibration":
+        """A calibration saved by `to_dict` (e.g. in a journal header), to resume without re-measuring."""
+        try:
+            return cls(empty=dict(data["empty"]), full=dict(data["full"]), target_dsr=float(data["target_dsr"]),
+                       need=int(data["need"]), n=int(data["n"]), cost=dict(data.get("cost") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DdalignError(f"oracle calibration: expected the fields empty, full, target_dsr, need, n ({exc})") from None
+
 
 Record = Callable[[OracleRecord], None]
 
@@ -180,7 +189,8 @@ class Oracle:
     def __init__(self, model, tokenizer, patch, harmful: Sequence, *, safe: Sequence | None = None,
                  benign: Sequence | None = None, judge=None, config: OracleConfig | None = None,
                  dist: Dist | None = None, on_record: Record | None = None, patcher=None,
-                 full: Iterable[str] | None = None, generator: Generator | None = None):
+                 full: Iterable[str] | None = None, generator: Generator | None = None,
+                 calibration: Calibration | dict | None = None):
         from ddalign.evaluate.judges import KeywordJudge
 
         self.config = config or OracleConfig()
@@ -215,6 +225,12 @@ class Oracle:
         self.calls = 0
         self.cache_hits = 0
         self.total_cost = {"prompts": 0, "tokens": 0, "seconds": 0.0}
+        if calibration is not None:               # resume: the saved measurements, today's targets
+            saved = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
+            if saved.n != len(self.harmful):
+                raise DdalignError(f"oracle calibration: measured on {saved.n} harmful prompts, "
+                                   f"expected {len(self.harmful)} (the same prompt set)")
+            self._settle(saved.empty, saved.full, saved.cost)
 
     # --- the public calls --------------------------------------------------------------------
     def __call__(self, candidate: Iterable[str]) -> Verdict:
@@ -231,13 +247,13 @@ class Oracle:
         if key in self.cache:
             self.cache_hits += 1
             verdict, metrics = self.cache[key]
-            record = OracleRecord(key, verdict, metrics, {"prompts": 0, "tokens": 0, "seconds": 0.0,
+            record = OracleRecord(key, verdict, copy.deepcopy(metrics), {"prompts": 0, "tokens": 0, "seconds": 0.0,
                                                           "tensors_swapped": 0}, cached=True)
         else:
             self.calibrate()
             if key in self.cache:       # calibration just measured it
                 verdict, metrics = self.cache[key]
-                record = OracleRecord(key, verdict, metrics, {"prompts": 0, "tokens": 0, "seconds": 0.0,
+                record = OracleRecord(key, verdict, copy.deepcopy(metrics), {"prompts": 0, "tokens": 0, "seconds": 0.0,
                                                               "tensors_swapped": 0}, cached=True)
                 self.cache_hits += 1
             else:
@@ -273,6 +289,14 @@ class Oracle:
         started = time.perf_counter()
         empty = self._measure(frozenset())
         full = self._measure(self.full)
+        cost = {"prompts": empty["cost"]["prompts"] + full["cost"]["prompts"],
+                "tokens": empty["cost"]["tokens"] + full["cost"]["tokens"],
+                "seconds": round(time.perf_counter() - started, 4)}
+        self._add_cost(cost)
+        return self._settle(empty, full, cost)
+
+    def _settle(self, empty: dict, full: dict, cost: dict) -> Calibration:
+        """Fix the DSR target count from the two measurements and seed the cache with their verdicts."""
         n = len(self.harmful)
         if self.config.target_dsr is not None:
             target = float(self.config.target_dsr)
@@ -281,14 +305,14 @@ class Oracle:
             k_full = full["dsr"]["k"]
             target = self.config.target_fraction * k_full / n
             need = min(n + 1, max(0, math.ceil(self.config.target_fraction * k_full - EPS)))
-        cost = {"prompts": empty["cost"]["prompts"] + full["cost"]["prompts"],
-                "tokens": empty["cost"]["tokens"] + full["cost"]["tokens"],
-                "seconds": round(time.perf_counter() - started, 4)}
+        for role, guard in (("perplexity", "max_ppl_increase"), ("over_refusal", "max_over_refusal_rise"),
+                            ("benign_accuracy", "max_accuracy_drop")):
+            if getattr(self.config, guard) is not None and empty.get(role) is None:
+                raise DdalignError(f"oracle calibration: no {role} baseline measured; {guard} needs one")
         if self.config.max_ppl_increase is not None and empty["perplexity"]["value"] is None:
             raise DdalignError("oracle max_ppl_increase: the target's own perplexity is not finite; "
                                "expected a working target model")
         self.calibration = Calibration(empty=empty, full=full, target_dsr=target, need=need, n=n, cost=cost)
-        self._add_cost(cost)
         for key, result in ((frozenset(), empty), (self.full, full)):
             verdict, guards = self._verdict_of_measure(result)
             result["verdict"], result["guards"] = verdict.value, guards
@@ -522,5 +546,6 @@ def _summary_of_measure(result: dict) -> dict:
     out = {k: result[k] for k in ("dsr", "over_refusal", "perplexity", "benign_accuracy") if result.get(k)}
     failed = next((g for g, info in result.get("guards", {}).items() if not info["passed"]), None)
     out["failed"] = failed
+    out["guards"] = result.get("guards", {})
     out["measured"] = "full"
     return out
