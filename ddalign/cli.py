@@ -98,6 +98,130 @@ def evaluate_cmd(ctx: click.Context, model: str, **options) -> None:
 
 # --- minimise / report / demo -----------------------------------------------------------------
 
+def _data_options(f):
+    """The prompt-set options shared by minimise and demo (each None = the config's value)."""
+    for name, text in reversed([
+            ("--harmful", "Harmful prompts the search tests on (file or builtin:NAME)."),
+            ("--safe", "Safe-but-scary prompts for the over-refusal guard (file, builtin:NAME, or none)."),
+            ("--benign", "Benign prompts with references for the perplexity / accuracy guards (file, builtin:NAME, or none)."),
+            ("--eval-harmful", "Held-out harmful prompts for the final numbers."),
+            ("--eval-safe", "Held-out safe-but-scary prompts for the final numbers."),
+            ("--eval-benign", "Held-out benign prompts for the final numbers.")]):
+        f = click.option(name, default=None, help=text)(f)
+    return f
+
+
+def _minimise_overrides(o: dict) -> dict:
+    """Command-line options -> config sections (None: leave the config file's value)."""
+    return {
+        "search": {"algorithm": o["algorithm"], "granularity": o["granularity"], "block_size": o["block_size"],
+                   "assume_monotone": o["assume_monotone"], "layers": o["layers"]},
+        "oracle": {"target_dsr": o["target_dsr"], "target_fraction": o["target_fraction"],
+                   "max_ppl_increase": o["max_ppl_increase"], "max_accuracy_drop": o["max_accuracy_drop"],
+                   "max_over_refusal_rise": o["max_over_refusal_rise"]},
+        "judge": {"kind": o["judge"], "markers": list(o["refusal_markers"]) or None},
+        "generation": {"max_new_tokens": o["max_new_tokens"], "batch_size": o["batch_size"],
+                       "template": o["template"], "device": o["device"], "dtype": o["dtype"]},
+        "data": {k: o[k] for k in ("harmful", "safe", "benign", "eval_harmful", "eval_safe", "eval_benign",
+                                   "column", "limit")},
+    }
+
+
+@cli.command("minimise")
+@click.argument("bundle", type=click.Path(path_type=str, exists=True, dir_okay=False))
+@click.option("--target", required=True, type=click.Path(path_type=str), help="The unaligned model folder to patch.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str),
+              help="Output patch (.safetensors); journal and report go to OUT.run/.")
+@click.option("--config", "config_file", default=None, help="Preset name (e.g. llama2, organism) or TOML file; options win.")
+@click.option("--algorithm", type=click.Choice(["hierarchical", "probdd", "ddmin"]), default=None,
+              help="Search algorithm (default hierarchical: layer -> module -> row block, ProbDD at each level).")
+@click.option("--granularity", default=None, help="Levels, coarse to fine: e.g. layer,module,block.")
+@click.option("--block-size", type=int, default=None, help="Rows per block at the block level (default: 1/8 of a module).")
+@click.option("--layers", default=None, help="Search only these layers of the bundle, e.g. 8-20.")
+@click.option("--assume-monotone/--no-assume-monotone", default=None,
+              help="Treat a superset of a passing set as passing (fewer tests).")
+@click.option("--target-dsr", type=float, default=None, help="Absolute DSR a candidate must reach.")
+@click.option("--target-fraction", type=float, default=None, help="Or: this fraction of the full transplant's DSR.")
+@click.option("--max-ppl-increase", type=float, default=None, help="Guard: relative perplexity rise allowed (0.05 = 5%).")
+@click.option("--max-accuracy-drop", type=float, default=None, help="Guard: benign accuracy drop allowed (absolute).")
+@click.option("--max-over-refusal-rise", type=float, default=None, help="Guard: over-refusal rise allowed (absolute).")
+@_data_options
+@click.option("--column", default=None, help="Column / field holding the prompt in the data files.")
+@click.option("--limit", type=int, default=None, help="Use only the first N prompts of each set.")
+@click.option("--judge", default=None, help="'keyword' or a local classifier model folder.")
+@click.option("--refusal-marker", "refusal_markers", multiple=True, help="Extra refusal marker (repeatable).")
+@click.option("--max-new-tokens", type=int, default=None, help="Tokens generated per oracle prompt.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--template", default=None, help="Prompt template with {prompt}, or 'chat'.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
+@click.option("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, float32 on CPU).")
+@click.option("--device-map", default=None, help="accelerate device map for a model larger than one GPU (e.g. auto).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal (no test repeated).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output patch and run folder.")
+@click.option("--allow-other-base", is_flag=True, help="Search on a target other than the bundle's unaligned model.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, loaded with weights_only=True.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the checkpoint folder.")
+@click.option("--json", "json_out", default=None, type=click.Path(path_type=str), help="Write the run summary here too.")
+def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, **o) -> None:
+    """Find a minimal subset of BUNDLE whose transplant makes --target pass the oracle."""
+    from ddalign.config import load_config, merge, DEFAULTS
+    from ddalign.live import LiveSearchView
+    from ddalign.minimise import minimise
+
+    config = merge(DEFAULTS, load_config(config_file) if config_file else {}, _minimise_overrides(o))
+    view = LiveSearchView(console)
+    try:
+        with view:
+            result = minimise(bundle, target, out, config=config, resume=o["resume"], overwrite=o["overwrite"],
+                              allow_other_base=o["allow_other_base"], allow_pickle=o["allow_pickle"],
+                              trust_remote_code=o["trust_remote_code"], device_map=o["device_map"],
+                              view=view, log=view.message)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the journal is saved; continue with the same command and --resume")
+        raise SystemExit(130)
+    _print_run(result.summary, result.run_dir)
+    if o["json_out"]:
+        from ddalign.evaluate.runner import write_json_atomic
+
+        write_json_atomic(o["json_out"], result.summary)
+
+
+def _print_run(summary: dict, run_dir) -> None:
+    from ddalign.tables import summary_table
+
+    Console().print(summary_table(summary))
+    console.print(f"patch: {summary['patch']}   report: {run_dir}/report.md")
+
+
+@cli.command("demo")
+@click.option("--out", default="ddalign-demo", show_default=True, type=click.Path(path_type=str),
+              help="Folder for the bundle, patch, report and patched checkpoint (replaced on the next run).")
+@click.option("--preset", type=click.Choice(["fast", "standard"]), default="standard", show_default=True,
+              help="Model-organism preset (built once, then cached).")
+@click.option("--sibling", type=click.Choice(["planted", "natural"]), default="planted", show_default=True,
+              help="Aligned sibling: planted (alignment in known components: ground truth) or natural.")
+@click.option("--scope", default="all", show_default=True, help="Scope of the extracted bundle.")
+@click.option("--config", "config_file", default=None, help="Preset name or TOML file (default: organism).")
+@click.option("--overwrite", is_flag=True, help="Replace --out even if it is not a demo folder.")
+def demo_cmd(out: str, preset: str, sibling: str, scope: str, config_file: str | None, overwrite: bool) -> None:
+    """The whole flow on the built-in model organism: build, extract, minimise, apply, evaluate."""
+    from ddalign.config import load_config, merge, DEFAULTS
+    from ddalign.demo import run_demo
+    from ddalign.live import LiveSearchView
+    from ddalign.tables import comparison_table
+
+    config = merge(DEFAULTS, load_config(config_file or "organism"), {})
+    view = LiveSearchView(console)
+    with view:
+        result = run_demo(out, preset=preset, sibling=sibling, scope=scope, config=config, overwrite=overwrite,
+                          log=view.message, view=view)
+    Console().print(comparison_table(result.rows, title="held-out sets: before and after"))
+    console.print(f"kept {len(result.kept)} component(s) after {result.tests} oracle tests: {', '.join(result.kept)}")
+    if result.found_only_planted is not None:
+        verdict = "only planted components" if result.found_only_planted else "components outside the planted set"
+        console.print(f"ground truth: the planted set is {', '.join(result.planted)}; the patch holds {verdict}")
+    console.print(f"report: {result.report}\npatched checkpoint: {result.patched_model}")
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""

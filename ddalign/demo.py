@@ -1,0 +1,118 @@
+"""The whole flow on the built-in model organism: build or load the trio, extract, minimise, apply,
+evaluate the patched folder.
+
+It is the README's main job, so it runs offline on a laptop CPU, and its folder holds every
+artefact a user would make on a real model (bundle, patch, run report, patched checkpoint).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ddalign.errors import DdalignError
+
+MARKER = ".ddalign-demo"
+"""A demo folder holds this file, so that a second run may replace the folder and nothing else."""
+
+SIBLINGS = ("planted", "natural")
+
+
+@dataclass
+class DemoResult:
+    """Where the artefacts lie and the before/after numbers (held-out sets)."""
+
+    folder: Path
+    bundle: Path
+    patch: Path
+    patched_model: Path
+    report: Path
+    sibling: str
+    kept: list[str]
+    planted: list[str]
+    rows: dict[str, dict] = field(default_factory=dict)      # label -> {"metrics": ..., "param_share": ...}
+    tests: int = 0
+
+    @property
+    def found_only_planted(self) -> bool | None:
+        """Ground truth (planted sibling only): every kept component lies inside the planted set."""
+        if self.sibling != "planted" or not self.planted:
+            return None
+        from ddalign.architectures import Component
+
+        planted = {str(Component.parse(p).unblocked) for p in self.planted}
+        return all(_inside(k, planted) for k in self.kept)
+
+
+def _inside(kept: str, planted: set[str]) -> bool:
+    from ddalign.architectures import Component
+
+    comp = Component.parse(kept)
+    return str(comp.unblocked) in planted
+
+
+def _prepare(folder: Path, overwrite: bool) -> None:
+    if folder.exists():
+        if not (folder / MARKER).exists() and any(folder.iterdir()) and not overwrite:
+            raise DdalignError(f"{folder}: exists and is not a ddalign demo folder; choose another --out "
+                               f"or pass --overwrite")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text("made by `ddalign demo`; replaced by the next demo run\n")
+
+
+def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibling: str = "planted",
+             scope: str = "all", config: dict | None = None, overwrite: bool = False,
+             log: Callable[[str], None] | None = None, view=None, progress: bool = True) -> DemoResult:
+    """Build (or load from the cache) the organism, then extract -> minimise -> apply -> evaluate."""
+    from ddalign.config import load_config
+    from ddalign.delta import extract
+    from ddalign.evaluate.runner import evaluate_model
+    from ddalign.minimise import minimise
+    from ddalign.organism import build
+    from ddalign.patch import apply_to_folder
+
+    if sibling not in SIBLINGS:
+        raise DdalignError(f"--sibling: expected one of {', '.join(SIBLINGS)}, got {sibling!r}")
+    say = log or (lambda text: None)
+    folder = Path(out)
+    _prepare(folder, overwrite)
+    say(f"1/5 the model organism ({preset} preset; built once, then cached)")
+    organism = build(preset, progress=progress)
+    aligned = Path(organism.planted if sibling == "planted" else organism.aligned)
+    unaligned = Path(organism.unaligned)
+
+    say(f"2/5 extract: the {sibling} aligned sibling against the unaligned one, scope {scope}")
+    bundle = folder / "bundle.safetensors"
+    extract(aligned, unaligned, scope=scope, out=bundle)
+
+    say("3/5 minimise: delta debugging against the oracle (held-out numbers follow)")
+    settings = config if config is not None else load_config("organism")
+    patch = folder / "patch.safetensors"
+    result = minimise(bundle, unaligned, patch, config=settings, log=say, view=view)
+
+    say("4/5 apply: the minimal patch into a copy of the unaligned checkpoint")
+    patched_model = folder / "patched-model"
+    apply_to_folder(patch, unaligned, patched_model)
+
+    say("5/5 evaluate: the patched checkpoint as saved on disk (held-out sets)")
+    data = result.summary.get("data", {}).get("heldout", {})
+    record = evaluate_model(str(patched_model), harmful=data.get("harmful") or None,
+                            safe=data.get("safe") or "none", benign=data.get("benign") or "none")
+    record.save(folder / "patched-model.evaluation.json")
+    aligned_record = evaluate_model(str(aligned), harmful=data.get("harmful") or None,
+                                    safe=data.get("safe") or "none", benign=data.get("benign") or "none")
+    total = result.total_params
+    rows = {
+        "unaligned (before)": {"metrics": result.metrics["before"], "param_share": 0.0},
+        f"aligned sibling ({sibling})": {"metrics": aligned_record.to_dict()["metrics"], "param_share": None},
+        f"full transplant (scope {scope})": {"metrics": result.metrics["full"],
+                                             "param_share": result.full_params / total if total else None},
+        "minimal patch": {"metrics": result.metrics["minimal"], "param_share": result.param_share},
+        "patched checkpoint (ddalign apply)": {"metrics": record.to_dict()["metrics"],
+                                               "param_share": result.param_share},
+    }
+    return DemoResult(folder=folder, bundle=bundle, patch=patch, patched_model=patched_model,
+                      report=result.run_dir / "report.md", sibling=sibling, kept=result.kept,
+                      planted=list(organism.planted_components), rows=rows, tests=result.tests)

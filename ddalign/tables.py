@@ -1,0 +1,55 @@
+"""Rich tables that set several models' metrics side by side (minimise, demo).
+
+Input is the evaluator's JSON metrics dict (`EvaluationRecord.to_dict()["metrics"]`), so a table
+can be drawn from a saved summary as well as from a live run.
+"""
+from __future__ import annotations
+
+from rich.table import Table
+
+COLUMNS = (("dsr", "DSR ↑"), ("over_refusal", "over-refusal ↓"), ("perplexity", "perplexity ↓"),
+           ("benign_accuracy", "benign acc ↑"))
+
+
+def format_metric(name: str, metric: dict | None) -> str:
+    """'0.950 [0.90, 0.98]' for a rate, '2.431' for perplexity, '-' when not measured."""
+    if not metric or metric.get("value") is None:
+        return "-"
+    value = metric["value"]
+    if name == "perplexity":
+        return f"{value:.3f}"
+    ci = metric.get("ci95")
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{value:.3f}"
+
+
+def comparison_table(rows: dict[str, dict], *, title: str | None = None) -> Table:
+    """rows: label -> {"metrics": metrics dict, "param_share": float | None}."""
+    table = Table(title=title)
+    table.add_column("model", justify="left")
+    for _, header in COLUMNS:
+        table.add_column(header, justify="right")
+    table.add_column("params changed", justify="right")
+    for label, row in rows.items():
+        metrics = row.get("metrics") or {}
+        share = row.get("param_share")
+        table.add_row(label, *(format_metric(key, metrics.get(key)) for key, _ in COLUMNS),
+                      "-" if share is None else f"{100 * share:.2f}%")
+    ns = {key: (rows and next(iter(rows.values())).get("metrics", {}).get(key) or {}).get("n") for key, _ in COLUMNS}
+    table.caption = "95% Wilson intervals; n = " + ", ".join(f"{k} {n}" for k, n in ns.items() if n)
+    return table
+
+
+def summary_table(summary: dict) -> Table:
+    """The before / full transplant / minimal patch table of a minimise run's summary.json."""
+    total = summary.get("total_params") or 0
+    metrics = summary.get("metrics", {})
+    rows = {
+        "target (before)": {"metrics": metrics.get("before"), "param_share": 0.0},
+        "full transplant": {"metrics": metrics.get("full"),
+                            "param_share": summary.get("full_params", 0) / total if total else None},
+        "minimal patch": {"metrics": metrics.get("minimal"), "param_share": summary.get("param_share")},
+    }
+    table = comparison_table(rows, title=f"held-out sets: {summary.get('target', '')}")
+    table.caption += (f"; {summary.get('tests', 0)} oracle tests, "
+                      f"{len(summary.get('kept', []))} component(s) kept")
+    return table
