@@ -106,12 +106,6 @@ class SearchUnits:
         return sorted(out, key=_natural_key)
 
 
-def _natural_key(name: str):
-    import re
-
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
     def prior(self, norms: dict[str, float]) -> Callable[[str], float]:
         """A search prior over items of any level from the bundle's per-component delta norms.
 
@@ -139,6 +133,12 @@ def _natural_key(name: str):
 
     def params(self, items: Sequence[str]) -> int:
         return sum(self.arch.param_count(c) for c in self.concrete(items))
+
+
+def _natural_key(name: str):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 @dataclass

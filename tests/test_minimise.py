@@ -1,0 +1,162 @@
+"""The minimise run's wiring: search units over a bundle's components, settings, and the search
+driven through a stand-in oracle with a journal (resume asks only what the journal lacks).
+
+The end-to-end run on a real model (the model organism) is in tests/test_minimise_organism.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from ddalign.architectures import ArchitectureMap, Component
+from ddalign.errors import DdalignError
+from ddalign.minimise import MinimiseSettings, RunPaths, RunState, SearchUnits, _run_search
+from ddalign.search import Verdict, is_one_minimal
+from tests.families import make_checkpoint, read_config, read_shapes
+
+
+@pytest.fixture(scope="module")
+def llama_arch(tmp_path_factory) -> ArchitectureMap:
+    path = make_checkpoint("llama", tmp_path_factory.mktemp("llama") / "m", layers=4)
+    return ArchitectureMap.from_config(read_config(path), read_shapes(path))
+
+
+def bundle_components(arch: ArchitectureMap, scope: str) -> list[str]:
+    return [str(c) for c in arch.components(scope)]
+
+
+def test_units_layers_modules_blocks(llama_arch):
+    comps = bundle_components(llama_arch, "mlp.gate,mlp.up,attn.o")
+    units = SearchUnits(comps, llama_arch, block_size=16)
+    assert units.top(["layer", "module", "block"]) == ["L0", "L1", "L2", "L3"]
+    assert units.children("L2", "module") == ["L2.attn.o", "L2.mlp.gate", "L2.mlp.up"]
+    blocks = units.children("L2.mlp.gate", "block")
+    assert blocks == [f"L2.mlp.gate[{a}:{a + 16}]" for a in range(0, 64, 16)]
+    # a layer stands for all its bundle components; blocks and components stand for themselves
+    assert units.concrete(["L1", "L2.mlp.gate[0:16]"]) == ["L1.attn.o", "L1.mlp.gate", "L1.mlp.up",
+                                                          "L2.mlp.gate[0:16]"]
+    assert units.top(["module"]) == sorted(comps, key=lambda c: (Component.parse(c).layer, c))
+    # parameters of items equal the architecture's count of the concrete components
+    assert units.params(["L1"]) == sum(llama_arch.param_count(c) for c in ("L1.attn.o", "L1.mlp.gate", "L1.mlp.up"))
+
+
+def test_units_scope_all_keeps_layerless_components(llama_arch):
+    comps = bundle_components(llama_arch, "all")
+    units = SearchUnits(comps, llama_arch)
+    top = units.top(["layer", "module", "block"])
+    assert {"embed", "head", "norm.final"} <= set(top)
+    assert units.children("head", "module") == ["head"]
+    assert sorted(units.concrete(top)) == sorted(comps)
+
+
+def test_prior_spreads_norms_over_levels(llama_arch):
+    comps = ["L0.mlp.gate", "L0.mlp.up", "L1.mlp.gate"]
+    units = SearchUnits(comps, llama_arch, block_size=16)
+    weight = units.prior({"L0.mlp.gate": 3.0, "L0.mlp.up": 4.0, "L1.mlp.gate": 1.0})
+    assert weight("L0") == pytest.approx(5.0)
+    assert weight("L1.mlp.gate") == pytest.approx(1.0)
+    # a quarter of the rows carries half the norm when the norm is spread evenly over rows
+    assert weight("L0.mlp.gate[0:16]") == pytest.approx(1.5)
+
+
+def test_settings_from_config_and_errors():
+    s = MinimiseSettings.from_config({"search": {"granularity": "module,block", "block_size": 32},
+                                      "oracle": {"target_dsr": 0.8, "max_ppl_increase": False}})
+    assert s.granularity == ("module", "block") and s.block_size == 32
+    assert s.oracle["target_dsr"] == 0.8 and "target_fraction" not in s.oracle
+    assert "max_ppl_increase" not in s.oracle                 # false switches a guard off
+    assert s.oracle_config().target_dsr == 0.8
+    with pytest.raises(DdalignError, match="search.algorithm"):
+        MinimiseSettings.from_config({"search": {"algorithm": "bisect"}})
+    with pytest.raises(DdalignError, match="coarse to fine"):
+        MinimiseSettings.from_config({"search": {"granularity": "block,layer"}})
+    with pytest.raises(DdalignError, match="search.granularity"):
+        MinimiseSettings.from_config({"search": {"granularity": "layer,neuron"}})
+
+
+def test_run_paths(tmp_path):
+    paths = RunPaths.for_output(tmp_path / "p.safetensors")
+    assert paths.journal == tmp_path / "p.run" / "journal.jsonl"
+    with pytest.raises(DdalignError, match="safetensors"):
+        RunPaths.for_output(tmp_path / "p.bin")
+
+
+# --- the search through a stand-in oracle -----------------------------------------------------
+
+@dataclass
+class Record:
+    verdict: Verdict
+    metrics: dict
+    cost: dict
+    cached: bool = False
+
+
+class GroundTruthOracle:
+    """PASS iff every needed unit is covered by some candidate component (a monotone oracle)."""
+
+    def __init__(self, arch: ArchitectureMap, needed: list[str], last: dict):
+        self.arch, self.needed, self.last = arch, needed, last
+        self.asked: list[frozenset] = []
+
+    def test_record(self, candidate):
+        key = frozenset(candidate)
+        assert key not in self.asked, f"tested twice: {sorted(key)}"
+        self.asked.append(key)
+        ok = all(any(self.arch.covers(c, n) for c in key) for n in self.needed)
+        record = Record(Verdict.PASS if ok else Verdict.FAIL, {"dsr": {"k": int(ok)}}, {"prompts": 1})
+        self.last["record"] = record
+        return record
+
+
+class ListJournal:
+    def __init__(self):
+        self.tests: list[dict] = []
+
+    def append_test(self, **line):
+        self.tests.append(line)
+
+
+class StubBundle:
+    def __init__(self, comps):
+        self.comps = comps
+
+    def prior(self):
+        return {c: 1.0 + i for i, c in enumerate(self.comps)}
+
+
+def _search(settings, units, needed, cache, journal):
+    last: dict = {}
+    oracle = GroundTruthOracle(units.arch, needed, last)
+    result = _run_search(settings, units, oracle, StubBundle(units.components), cache, journal, RunState(),
+                         last, None)
+    return result, oracle
+
+
+@pytest.mark.parametrize("algorithm", ["hierarchical", "probdd", "ddmin"])
+def test_search_finds_needed_blocks_and_resumes_without_repeating(llama_arch, algorithm):
+    comps = bundle_components(llama_arch, "all")
+    units = SearchUnits(comps, llama_arch, block_size=16)
+    needed = ["L2.mlp.gate[16:32]", "L3.attn.o[0:8]", "head"]
+    settings = MinimiseSettings(algorithm=algorithm)
+    journal = ListJournal()
+    result, oracle = _search(settings, units, needed, {}, journal)
+    kept = units.concrete(result.minimal)
+    # the result passes and is 1-minimal among the last level's units
+    passes = lambda items: all(any(llama_arch.covers(c, n) for c in units.concrete(items)) for n in needed)
+    assert passes(result.minimal)
+    assert is_one_minimal(result.minimal, passes)
+    # scope all holds the whole FFN as L2.mlp: the neuron block [16:32] across gate/up/down is kept
+    assert {"L2.mlp[16:32]", "L3.attn.o[0:16]", "head"} == set(kept)
+    assert units.params(result.minimal) < sum(units.params([n]) for n in ("L2.mlp", "L3.attn.o", "head"))
+    # one journal line per real oracle call, subsets named by concrete components
+    assert len(journal.tests) == len(oracle.asked) == result.tests
+    assert all(line["subset"] == sorted(line["subset"]) for line in journal.tests)
+
+    # resume from a journal cut after every k-th line: the replay asks only the missing tests
+    for cut in (0, len(journal.tests) // 2, len(journal.tests)):
+        cache = {frozenset(line["subset"]): line["verdict"] for line in journal.tests[:cut]}
+        again, oracle2 = _search(settings, units, needed, cache, ListJournal())
+        assert again.minimal == result.minimal
+        assert len(oracle2.asked) == len(journal.tests) - cut
+        assert not set(oracle2.asked) & set(cache)
