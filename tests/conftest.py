@@ -29,3 +29,24 @@ def tiny_llama_pair(tmp_path):
     a = make_tiny_llama(tmp_path / "aligned", seed=1)
     u = make_tiny_llama(tmp_path / "unaligned", seed=2)
     return a, u
+
+
+@pytest.fixture(scope="session")
+def fast_organism(tmp_path_factory):
+    """The fast model-organism preset, built once per test session.
+
+    Cached under $DDALIGN_TEST_CACHE when it is set (so repeated local runs reuse it), else in a
+    session temp folder; the user's own cache is never touched by tests.
+    """
+    from ddalign.organism import build
+
+    cache = os.environ.get("DDALIGN_TEST_CACHE") or str(tmp_path_factory.mktemp("ddalign-cache"))
+    old = os.environ.get("DDALIGN_CACHE")
+    os.environ["DDALIGN_CACHE"] = cache
+    try:
+        return build("fast", progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("DDALIGN_CACHE", None)
+        else:
+            os.environ["DDALIGN_CACHE"] = old
