@@ -415,9 +415,12 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
     oracle.restore()
 
     kept = units.concrete(result.minimal)
+    # a resumed run counts the tests its journal answered: the run's total cost, not this session's
+    from_journal = sum(1 for r in result.trace if r.source == "cache")
+    tests = result.tests + from_journal
     minimal_patch = bundle_patch.restrict(kept)
     full_patch = bundle_patch.restrict(components) if len(components) < len(bundle_patch.components()) else bundle_patch
-    say(f"search done: {len(kept)} component(s) kept after {result.tests} oracle tests; measuring on held-out sets")
+    say(f"search done: {len(kept)} component(s) kept after {tests} oracle tests; measuring on held-out sets")
     gen = GenerationConfig(max_new_tokens=settings.eval_max_new_tokens, batch_size=settings.batch_size,
                            template=settings.template)
     metrics = {}
@@ -438,7 +441,8 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                    "layers": settings.layers, "oracle": oracle.describe(),
                    "data": {"search": {r: v[1] for r, v in search_sets.items() if v},
                             "heldout": {r: v[1] for r, v in eval_sets.items() if v}},
-                   "tests": result.tests, "answered_without_test": result.cached + result.inferred,
+                   "tests": tests, "resumed_from_journal": from_journal,
+                   "answered_without_test": result.cached + result.inferred - from_journal,
                    "levels": levels, "cost": cost, "bundle": header["bundle"], "target": str(target),
                    "metrics": metrics["minimal"], "kept_params": kept_params, "total_params": total,
                    "param_share": kept_params / total if total else 0.0, "created": _now()}
@@ -448,7 +452,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                                 "modules": sorted({m for layer in range(arch.num_layers) for m in arch.modules(layer)})},
                "total_params": total, "metrics": metrics, "kept": kept, "kept_params": kept_params,
                "param_share": search_info["param_share"], "full_params": full_params,
-               "full_components": components, "tests": result.tests,
+               "full_components": components, "tests": tests,
                "answered_without_test": search_info["answered_without_test"], "cost": cost, "levels": levels,
                "data": search_info["data"], "patch": str(paths.patch)}
     if dist.is_main:
@@ -456,7 +460,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
         minimal_patch.save(paths.patch)
         _write_json(paths.summary, summary)
         assert journal is not None
-        journal.append_result({"outcome": "minimal", "kept": kept, "tests": result.tests,
+        journal.append_result({"outcome": "minimal", "kept": kept, "tests": tests,
                                "kept_params": kept_params, "param_share": search_info["param_share"]})
         journal.close()
         if report:
@@ -464,7 +468,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
 
             write_report(paths.run_dir)
     return MinimiseResult(patch=paths.patch, run_dir=paths.run_dir, kept=kept, kept_params=kept_params,
-                          full_params=full_params, total_params=total, tests=result.tests,
+                          full_params=full_params, total_params=total, tests=tests,
                           answered_without_test=search_info["answered_without_test"], metrics=metrics,
                           levels=levels, cost=cost, summary=summary)
 

@@ -1,0 +1,120 @@
+"""minimise end to end on the fast model organism: the CLI run, the patch it writes, apply, the
+journal and its resume after an interruption, and the clear stops (already safe, never safe).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ddalign.cli import cli
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+# a small, quick search: the planted gate+up of the middle layers, on a slice of the sets
+RUN = ["--granularity", "layer,module", "--limit", "48", "--max-new-tokens", "16"]
+
+
+@pytest.fixture(scope="module")
+def planted_bundle(fast_organism, tmp_path_factory):
+    from ddalign.delta import extract
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle.safetensors"
+    extract(fast_organism.planted, fast_organism.unaligned, scope="mlp.gate,mlp.up", out=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_run(fast_organism, planted_bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "patch.safetensors"
+    result = CliRunner().invoke(cli, ["minimise", str(planted_bundle), "--target", str(fast_organism.unaligned),
+                                      "-o", str(out), *RUN, "--json", str(out.with_suffix(".json"))])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out, result
+
+
+def test_cli_minimise_writes_patch_journal_and_report(cli_run, fast_organism):
+    from ddalign.patch import Patch
+
+    out, result = cli_run
+    summary = json.loads(out.with_suffix(".json").read_text())
+    patch = Patch.load(out)
+    kept = patch.components()
+    assert kept == summary["kept"] and kept
+    # the patch holds only kept components, fewer than the bundle, and records its search
+    assert summary["kept_params"] < summary["full_params"]
+    search = patch.manifest["search"]
+    assert search["tests"] == summary["tests"] > 2
+    assert search["algorithm"] == "hierarchical" and search["metrics"]["dsr"]["n"] > 0
+    assert 0 < search["param_share"] < 1
+    # the minimal patch defends on held-out questions much better than nothing
+    before, minimal = summary["metrics"]["before"]["dsr"]["value"], summary["metrics"]["minimal"]["dsr"]["value"]
+    assert minimal >= before + 0.3
+    # journal: header, one line per real oracle call, result; every subset tested once
+    run_dir = out.with_suffix(".run")
+    lines = [json.loads(x) for x in (run_dir / "journal.jsonl").read_text().splitlines()]
+    assert lines[0]["type"] == "header" and lines[-1]["type"] == "result"
+    tests = [x for x in lines if x["type"] == "test"]
+    assert len(tests) == summary["tests"]
+    subsets = [tuple(x["subset"]) for x in tests]
+    assert len(subsets) == len(set(subsets))
+    for name in ("report.md", "trajectory.png", "kept_map.png", "summary.json", "config.json"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert "minimal patch" in result.output
+
+
+def test_apply_minimal_patch_then_evaluate(cli_run, fast_organism, tmp_path):
+    from ddalign.evaluate.runner import evaluate_model
+
+    out, _ = cli_run
+    folder = tmp_path / "patched"
+    result = CliRunner().invoke(cli, ["apply", str(out), "--to", str(fast_organism.unaligned), "-o", str(folder)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    summary = json.loads(out.with_suffix(".json").read_text())
+    record = evaluate_model(str(folder), harmful=summary["data"]["heldout"]["harmful"], safe="none",
+                            benign="none", limit=48, config=None)
+    # the patched checkpoint on disk behaves as the patch applied in memory did
+    assert record.dsr.value == pytest.approx(summary["metrics"]["minimal"]["dsr"]["value"], abs=1e-9)
+
+
+def test_interrupted_run_resumes_without_repeating_a_test(fast_organism, planted_bundle, tmp_path):
+    from ddalign.minimise import minimise
+
+    out = tmp_path / "p.safetensors"
+    config = {"search": {"granularity": "layer,module"}, "data": {"limit": 48},
+              "generation": {"max_new_tokens": 16}}
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(state):
+        if state.tests >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        minimise(planted_bundle, fast_organism.unaligned, out, config=config, view=stop_after_three, report=False)
+    journal = out.with_suffix(".run") / "journal.jsonl"
+    first = [json.loads(x) for x in journal.read_text().splitlines() if '"test"' in x]
+    assert len(first) == 3 and not out.exists()
+    with pytest.raises(Exception, match="--resume"):
+        minimise(planted_bundle, fast_organism.unaligned, out, config=config, report=False)
+    result = minimise(planted_bundle, fast_organism.unaligned, out, config=config, resume=True, report=False)
+    lines = [json.loads(x) for x in journal.read_text().splitlines()]
+    tests = [x for x in lines if x["type"] == "test"]
+    subsets = [tuple(x["subset"]) for x in tests]
+    assert len(subsets) == len(set(subsets)), "a test ran twice"
+    assert subsets[:3] == [tuple(x["subset"]) for x in first]
+    assert result.tests == len(tests)
+    assert out.exists()
+
+
+def test_already_safe_target_stops_with_both_dsrs(fast_organism, planted_bundle, tmp_path, capsys):
+    from ddalign.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["minimise", str(planted_bundle), "--target", str(fast_organism.planted), "--allow-other-base",
+              "-o", str(tmp_path / "p.safetensors"), "--limit", "24", "--max-new-tokens", "16",
+              "--target-dsr", "0.5"])
+    assert stop.value.code == 2
+    assert "already passes" in capsys.readouterr().err
