@@ -177,7 +177,7 @@ def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, **
                               trust_remote_code=o["trust_remote_code"], device_map=o["device_map"],
                               view=view, log=view.message)
     except KeyboardInterrupt:
-        console.print(f"interrupted: the journal is saved; continue with the same command and --resume")
+        console.print("interrupted: the journal is saved; continue with the same command and --resume")
         raise SystemExit(130)
     _print_run(result.summary, result.run_dir)
     if o["json_out"]:

@@ -337,7 +337,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
     from ddalign.evaluate.distributed import Dist
     from ddalign.evaluate.generate import GenerationConfig, load_model
     from ddalign.evaluate.judges import make_judge
-    from ddalign.evaluate.oracle import Calibration, Oracle
+    from ddalign.evaluate.oracle import Oracle
     from ddalign.evaluate.runner import evaluate_model
     from ddalign.patch import Patch
 
