@@ -1,0 +1,180 @@
+"""extract: the alignment delta bundle of an aligned/unaligned pair, streamed slice by slice.
+
+The bundle stores the aligned values of every component in scope (what a transplant writes)
+and, per component, how far aligned and unaligned differ: the search's prior and the user's
+first look at where alignment lives.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ddalign import __version__
+from ddalign.architectures import ArchitectureMap, format_layers, parse_layers
+from ddalign.checkpoint import Checkpoint, TensorSpec, write_safetensors
+from ddalign.errors import DdalignError
+from ddalign.patch import FORMAT, META_KEY, Patch, _keys
+
+Progress = Callable[[int, int], None]     # (done, total) components
+
+
+@dataclass
+class _Stats:
+    diff2: float = 0.0
+    u2: float = 0.0
+    a2: float = 0.0
+    dot: float = 0.0
+    params: int = 0
+
+    def add(self, a: torch.Tensor, u: torch.Tensor) -> None:
+        a64, u64 = a.to(torch.float64), u.to(torch.float64)
+        self.diff2 += float(((a64 - u64) ** 2).sum())
+        self.u2 += float((u64 ** 2).sum())
+        self.a2 += float((a64 ** 2).sum())
+        self.dot += float((a64 * u64).sum())
+        self.params += a.numel()
+
+    def as_dict(self) -> dict:
+        norm_u, norm_a = math.sqrt(self.u2), math.sqrt(self.a2)
+        delta = math.sqrt(self.diff2)
+        return {"params": self.params, "delta_norm": delta,
+                "rel_delta": delta / norm_u if norm_u else (0.0 if delta == 0 else math.inf),
+                "cosine": self.dot / (norm_a * norm_u) if norm_a and norm_u else (1.0 if delta == 0 else 0.0)}
+
+
+def check_pair(a: Checkpoint, u: Checkpoint) -> None:
+    """Same tensors and shapes, else name the first mismatching tensor and both shapes."""
+    for name in a.names():
+        if name not in u:
+            raise DdalignError(f"{u.path}: has no tensor {name} (present in {a.path}); the models differ in architecture")
+        if a.info(name).shape != u.info(name).shape:
+            raise DdalignError(f"tensor {name}: shape {list(a.info(name).shape)} in {a.path}, "
+                               f"{list(u.info(name).shape)} in {u.path}")
+    for name in u.names():
+        if name not in a:
+            raise DdalignError(f"{a.path}: has no tensor {name} (present in {u.path}); the models differ in architecture")
+
+
+def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, progress: Progress | None = None,
+            allow_pickle: bool = False) -> Patch:
+    """Write the delta bundle of `aligned` over `unaligned` to `out` and return it (a Patch)."""
+    a = Checkpoint.open(aligned, allow_pickle=allow_pickle)
+    u = Checkpoint.open(unaligned, allow_pickle=allow_pickle)
+    check_pair(a, u)
+    arch = ArchitectureMap.from_checkpoint(a).with_scope(scope)
+    layer_list = parse_layers(layers, arch.num_layers)
+    components = [str(c) for c in arch.components(scope, layer_list)]
+    if not components:
+        raise DdalignError(f"scope {scope!r}: selects no component of {a.path}")
+    slices = {c: arch.resolve(c) for c in components}
+    specs, plan = [], {}
+    for comp in components:
+        for key, s in zip(_keys(comp, slices[comp]), slices[comp]):
+            spec = TensorSpec(key, s.shape(a.info(s.tensor).shape), a.info(s.tensor).dtype)
+            specs.append(spec)
+            plan[key] = (comp, s)
+    stats = {c: _Stats() for c in components}
+    tensors = list(dict.fromkeys(s.tensor for c in components for s in slices[c]))
+    dtypes = sorted({a.info(t).dtype for t in tensors})
+    manifest = {
+        "format": FORMAT, "kind": "bundle", "tool_version": __version__,
+        "architecture": {**arch.describe(), "config": a.config,
+                         "shapes": {n: list(s) for n, s in a.shapes().items()}},
+        "scope": scope, "layers": format_layers(layer_list), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+        "aligned": {"path": str(aligned), "fingerprints": a.fingerprints(tensors)},
+        "unaligned": {"path": str(unaligned), "fingerprints": u.fingerprints(tensors)},
+        "components": {c: {"slices": [s.as_list() for s in slices[c]]} for c in components},
+    }
+    done: set[str] = set()
+    counts = {c: len(slices[c]) for c in components}
+
+    def produce(key: str) -> torch.Tensor:
+        comp, s = plan[key]
+        va = a.get_slice(s.tensor, s.dim, s.start, s.stop)
+        vu = u.get_slice(s.tensor, s.dim, s.start, s.stop)
+        stats[comp].add(va, vu)
+        counts[comp] -= 1
+        if counts[comp] == 0:
+            done.add(comp)
+            if progress is not None:
+                progress(len(done), len(components))
+        return va
+
+    def final() -> dict[str, str]:
+        for c in components:
+            manifest["components"][c].update(stats[c].as_dict())
+        return {META_KEY: _dumps(manifest)}
+
+    import json
+
+    reserve = 160 * len(components) + 256
+    write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
+                      reserve=reserve)
+    return Patch.load(out)
+
+
+def _dumps(manifest: dict) -> str:
+    import json
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(manifest))
+
+
+def layer_table(patch: Patch) -> list[dict]:
+    """Per layer: parameters and the relative delta of each module (for tables and plots)."""
+    from ddalign.architectures import Component
+
+    rows: dict[object, dict] = {}
+    for name, info in patch.manifest["components"].items():
+        comp = Component.parse(name)
+        key = comp.layer if comp.layer is not None else comp.module
+        row = rows.setdefault(key, {"layer": key, "params": 0, "modules": {}})
+        row["params"] += int(info.get("params") or 0)
+        row["modules"][comp.module or name] = info.get("rel_delta")
+    return list(rows.values())
+
+
+def plot_heatmap(patch: Patch, path) -> Path:
+    """Layer x module heatmap of ||A-U|| / ||U|| (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in layer_table(patch) if isinstance(r["layer"], int)]
+    modules = sorted({m for r in rows for m in r["modules"]})
+    if not rows or not modules:
+        raise DdalignError("plot: the bundle has no per-layer components")
+    grid = np.full((len(modules), len(rows)), np.nan)
+    for j, r in enumerate(rows):
+        for i, m in enumerate(modules):
+            v = r["modules"].get(m)
+            if v is not None:
+                grid[i, j] = v
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(rows) + 2), max(2.5, 0.4 * len(modules) + 1.5)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(rows)), [str(r["layer"]) for r in rows])
+    ax.set_yticks(range(len(modules)), modules)
+    ax.set_xlabel("layer")
+    ax.set_title("relative delta ||A-U|| / ||U||")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,389 @@
+"""Patches: the format (a bundle is a patch holding the full scope), restriction to sub-blocks,
+application to a folder (streamed) or to a loaded model (for good, reversibly, or swapped in place
+for the oracle).
+
+A patch stores the aligned values of component slices, keyed `"{component}|{tensor}"`, and a
+JSON manifest in the safetensors metadata that carries enough of the architecture (config and
+tensor shapes) to resolve any sub-block without the original checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from ddalign.architectures import ArchitectureMap, Component, TensorSlice
+from ddalign.checkpoint import Checkpoint, TensorSpec, dtype_code, write_checkpoint, write_safetensors
+from ddalign.errors import DdalignError
+
+FORMAT = "ddalign.patch/1"
+META_KEY = "ddalign"
+
+
+@dataclass
+class PatchEntry:
+    component: str
+    slice: TensorSlice
+    values: torch.Tensor
+
+
+def _keys(component: str, slices: list[TensorSlice]) -> list[str]:
+    """Storage keys of a component's slices; a tensor met twice gets a #i suffix."""
+    keys, seen = [], {}
+    for s in slices:
+        n = seen.get(s.tensor, 0)
+        seen[s.tensor] = n + 1
+        keys.append(f"{component}|{s.tensor}" + (f"#{n}" if n else ""))
+    return keys
+
+
+@dataclass
+class Patch:
+    entries: list[PatchEntry]
+    manifest: dict
+    path: Path | None = None
+    _arch: ArchitectureMap | None = field(default=None, repr=False, compare=False)
+
+    # --- I/O -------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path) -> "Patch":
+        from safetensors import safe_open
+        from ddalign.checkpoint import read_header
+
+        path = Path(path)
+        if not path.is_file():
+            raise DdalignError(f"{path}: no such patch file")
+        header, _ = read_header(path)
+        raw = (header.get("__metadata__") or {}).get(META_KEY)
+        if raw is None:
+            raise DdalignError(f"{path}: not a ddalign patch (no '{META_KEY}' manifest in the safetensors metadata)")
+        try:
+            manifest = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DdalignError(f"{path}: corrupt ddalign manifest ({exc.msg})") from None
+        if manifest.get("format") != FORMAT:
+            raise DdalignError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
+        entries = []
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            stored = set(f.keys())
+            for comp, info in manifest["components"].items():
+                slices = [TensorSlice.from_list(s) for s in info["slices"]]
+                for key, s in zip(_keys(comp, slices), slices):
+                    if key not in stored:
+                        raise DdalignError(f"{path}: manifest names tensor {key!r}, missing from the file")
+                    entries.append(PatchEntry(comp, s, f.get_tensor(key)))
+        return cls(entries, manifest, path)
+
+    def save(self, path) -> Path:
+        """Atomic write; tensors in component order."""
+        path = Path(path)
+        by_comp: dict[str, list[PatchEntry]] = {}
+        for e in self.entries:
+            by_comp.setdefault(e.component, []).append(e)
+        values, specs = {}, []
+        for comp, entries in by_comp.items():
+            for key, e in zip(_keys(comp, [e.slice for e in entries]), entries):
+                values[key] = e.values
+                specs.append(TensorSpec(key, tuple(e.values.shape), dtype_code(e.values.dtype)))
+        manifest = dict(self.manifest)
+        manifest["components"] = {c: {**manifest.get("components", {}).get(c, {}),
+                                      "slices": [e.slice.as_list() for e in es]} for c, es in by_comp.items()}
+        write_safetensors(path, specs, lambda k: values[k], metadata={META_KEY: json.dumps(manifest)})
+        self.manifest, self.path = manifest, path
+        return path
+
+    # --- queries -----------------------------------------------------------------------------
+    def components(self) -> list[str]:
+        return list(dict.fromkeys(e.component for e in self.entries))
+
+    def tensors(self) -> list[str]:
+        return list(dict.fromkeys(e.slice.tensor for e in self.entries))
+
+    def prior(self) -> dict[str, float]:
+        """Component -> delta norm (the search's prior: larger is more likely needed)."""
+        comps = self.manifest.get("components", {})
+        return {c: float(comps.get(c, {}).get("delta_norm") or 0.0) for c in self.components()}
+
+    def architecture(self) -> ArchitectureMap:
+        """The map the patch was made on, rebuilt from the manifest (no checkpoint needed)."""
+        if self._arch is None:
+            arch = self.manifest.get("architecture") or {}
+            if "config" not in arch or "shapes" not in arch:
+                raise DdalignError(f"{self.path or 'patch'}: manifest lacks the architecture config/shapes")
+            shapes = {k: tuple(v) for k, v in arch["shapes"].items()}
+            self._arch = ArchitectureMap.from_config(arch["config"], shapes)
+            scope = self.manifest.get("scope")
+            if scope:
+                self._arch = self._arch.with_scope(scope)
+        return self._arch
+
+    def params(self) -> int:
+        return sum(e.values.numel() for e in self.entries)
+
+    # --- restriction -------------------------------------------------------------------------
+    def restrict(self, components: Iterable[str]) -> "Patch":
+        """A patch holding only `components`: stored ones, or sub-blocks of stored ones (sliced out)."""
+        arch = self.architecture()
+        stored = self.components()
+        by_comp: dict[str, list[PatchEntry]] = {}
+        for e in self.entries:
+            by_comp.setdefault(e.component, []).append(e)
+        entries: list[PatchEntry] = []
+        manifest_comps: dict[str, dict] = {}
+        old = self.manifest.get("components", {})
+        for name in dict.fromkeys(str(Component.parse(c)) for c in components):
+            if name in by_comp:
+                entries.extend(by_comp[name])
+                manifest_comps[name] = copy.deepcopy(old.get(name, {}))
+                continue
+            wanted = arch.resolve(name)
+            parents = [s for s in stored if arch.covers(s, name)] or stored
+            pool = [e for s in parents for e in by_comp[s]]
+            for want in wanted:
+                source = next((e for e in pool if e.slice.covers(want)), None)
+                if source is None:
+                    raise DdalignError(f"patch {self.path or ''}: component {name} ({want.tensor}) is not "
+                                       f"inside any stored component ({', '.join(stored[:6])}...)")
+                entries.append(PatchEntry(name, want, _sub(source, want)))
+            manifest_comps[name] = {"slices": [w.as_list() for w in wanted],
+                                    "params": sum(int(_sub_numel(arch, w)) for w in wanted),
+                                    "parent": next((s for s in parents if arch.covers(s, name)), None)}
+        manifest = {**copy.deepcopy({k: v for k, v in self.manifest.items() if k != "components"}),
+                    "components": manifest_comps}
+        return Patch(entries, manifest, None, self._arch)
+
+
+def _sub_numel(arch: ArchitectureMap, s: TensorSlice) -> int:
+    return s.numel(arch.shapes[s.tensor])
+
+
+def _sub(source: PatchEntry, want: TensorSlice) -> torch.Tensor:
+    """The values of `want` out of a stored entry that covers it (a view)."""
+    if source.slice.dim is None:
+        return want.take(source.values)
+    if want.dim is None:
+        return source.values
+    return source.values.narrow(want.dim, want.start - source.slice.start, want.stop - want.start)
+
+
+def select_components(patch: Patch, patterns: str | Iterable[str] | None) -> list[str]:
+    """Components matching comma-separated fnmatch patterns (or the sub-blocks named exactly)."""
+    if patterns is None:
+        return patch.components()
+    items = [p.strip() for p in (patterns.split(",") if isinstance(patterns, str) else patterns) if p.strip()]
+    out: list[str] = []
+    for item in items:
+        hits = [c for c in patch.components() if fnmatch.fnmatchcase(c, item)]
+        if not hits and "[" in item and not any(ch in item for ch in "*?"):
+            hits = [item]          # a sub-block: restrict() slices it out
+        if not hits:
+            raise DdalignError(f"--components {item}: matches no component of the patch")
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+# --- a loaded model ---------------------------------------------------------------------------
+
+_PREFIXES = ("", "model.", "transformer.", "gpt_neox.")
+
+
+def _param_table(model) -> dict[str, torch.Tensor]:
+    table = dict(model.state_dict(keep_vars=True))
+    table["__renamings__"] = _renamings(model)       # type: ignore[assignment]
+    return table
+
+
+def _renamings(model) -> list[tuple[str, str]]:
+    """transformers' own checkpoint-key renamings for this model (e.g. GPT-NeoX embed_out -> lm_head)."""
+    try:
+        from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
+
+        return [(src, dst) for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)
+                for src, dst in zip(t.source_patterns, t.target_patterns)]
+    except Exception:        # older transformers: no mapping module; the prefixes below still apply
+        return []
+
+
+def _find_param(table: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name in table:
+        return table[name]
+    for strip in _PREFIXES[1:]:
+        if name.startswith(strip) and name[len(strip):] in table:
+            return table[name[len(strip):]]
+    for add in _PREFIXES[1:]:
+        if add + name in table:
+            return table[add + name]
+    import re
+
+    for src, dst in table.get("__renamings__", []):         # type: ignore[union-attr]
+        renamed = re.sub(src, dst, name)
+        if renamed != name and renamed in table:
+            return table[renamed]
+    raise DdalignError(f"patch tensor {name}: the model has no such parameter")
+
+
+def _check_shape(param: torch.Tensor, entry: PatchEntry) -> None:
+    expected = entry.slice.shape(tuple(param.shape))
+    if tuple(entry.values.shape) != expected:
+        raise DdalignError(f"patch tensor {entry.slice.tensor} ({entry.component}): values {list(entry.values.shape)}, "
+                           f"the model's slice is {list(expected)}")
+
+
+@torch.no_grad()
+def _write(param: torch.Tensor, entry: PatchEntry) -> None:
+    entry.slice.take(param.data).copy_(entry.values.to(device=param.device, dtype=param.dtype))
+
+
+def apply_patch(model, patch: Patch) -> None:
+    """Apply `patch` to a loaded transformers model, for good."""
+    table = _param_table(model)
+    for e in patch.entries:
+        param = _find_param(table, e.slice.tensor)
+        _check_shape(param, e)
+    for e in patch.entries:
+        _write(_find_param(table, e.slice.tensor), e)
+
+
+class InPlacePatcher:
+    """Switch a loaded model between candidate sets of a patch's components, cheaply and exactly.
+
+    Each touched tensor's original is kept (on CPU) the first time it is touched; a switch
+    restores only the tensors whose components changed and re-applies the target components
+    that touch them, so overlapping components (a module and its blocks) stay exact.
+    """
+
+    def __init__(self, model, patch: Patch):
+        self.model, self.patch = model, patch
+        self.table = _param_table(model)
+        self.originals: dict[str, torch.Tensor] = {}
+        self.active: frozenset[str] = frozenset()
+        self._cache: dict[str, list[PatchEntry]] = {}
+        stored = {}
+        for e in patch.entries:
+            stored.setdefault(e.component, []).append(e)
+        for comp, entries in stored.items():
+            self._cache[comp] = entries
+            for e in entries:
+                _check_shape(_find_param(self.table, e.slice.tensor), e)
+
+    def entries(self, component: str) -> list[PatchEntry]:
+        if component not in self._cache:
+            self._cache[component] = self.patch.restrict([component]).entries
+        return self._cache[component]
+
+    def set_active(self, components: Iterable[str]) -> int:
+        """Make exactly `components` applied; returns the number of tensors rewritten."""
+        target = frozenset(str(c) for c in components)
+        changed = (self.active - target) | (target - self.active)
+        if not changed:
+            return 0
+        tensors = {e.slice.tensor for c in changed for e in self.entries(c)}
+        with torch.no_grad():
+            for name in tensors:
+                param = _find_param(self.table, name)
+                if name not in self.originals:
+                    self.originals[name] = param.detach().to("cpu", copy=True)
+                else:
+                    param.data.copy_(self.originals[name].to(param.device))
+            for comp in sorted(target):
+                for e in self.entries(comp):
+                    if e.slice.tensor in tensors:
+                        _write(_find_param(self.table, e.slice.tensor), e)
+        self.active = target
+        return len(tensors)
+
+    def restore(self) -> None:
+        """The model bit-identical to before the first switch."""
+        with torch.no_grad():
+            for name, original in self.originals.items():
+                param = _find_param(self.table, name)
+                param.data.copy_(original.to(param.device))
+        self.active = frozenset()
+
+
+@contextmanager
+def patched(model, patch: Patch) -> Iterator:
+    """`with patched(model, patch): ...` applies the patch and restores the exact originals on exit."""
+    patcher = InPlacePatcher(model, patch)
+    try:
+        patcher.set_active(patch.components())
+        yield model
+    finally:
+        patcher.restore()
+
+
+# --- a folder ---------------------------------------------------------------------------------
+
+@dataclass
+class ApplyReport:
+    out: Path
+    components: list[str]
+    tensors_patched: int
+    differing_base: list[str]
+    checked: int
+
+
+def base_mismatches(patch: Patch, target, *, allow_pickle: bool = False,
+                    ckpt: Checkpoint | None = None) -> tuple[list[str], int]:
+    """Patched tensors whose fingerprint in `target` differs from the patch's unaligned model."""
+    known = (patch.manifest.get("unaligned") or {}).get("fingerprints") or {}
+    ck = ckpt or Checkpoint.open(target, allow_pickle=allow_pickle)
+    names = [t for t in patch.tensors() if t in known]
+    differing = [t for t in names if t not in ck or ck.fingerprint(t) != known[t]]
+    return differing, len(names)
+
+
+def check_compatible(patch: Patch, ck: Checkpoint) -> None:
+    """Same architecture and shapes, else name the first mismatching tensor and both shapes."""
+    shapes = (patch.manifest.get("architecture") or {}).get("shapes") or {}
+    for t in patch.tensors():
+        if t not in ck:
+            raise DdalignError(f"{ck.path}: has no tensor {t} (the patch was made for "
+                               f"{(patch.manifest.get('architecture') or {}).get('family')})")
+        want = tuple(shapes.get(t, ck.info(t).shape))
+        if tuple(ck.info(t).shape) != want:
+            raise DdalignError(f"{ck.path}: tensor {t} has shape {list(ck.info(t).shape)}, the patch expects {list(want)}")
+
+
+def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, allow_other_base: bool = False,
+                    overwrite: bool = False, max_shard_size: str | int = "5GB",
+                    allow_pickle: bool = False) -> ApplyReport:
+    """Write `target` with the patch applied to `out`, tensor by tensor; every other tensor byte-identical."""
+    if not isinstance(patch, Patch):
+        patch = Patch.load(patch)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DdalignError(f"{out}: output folder exists; pass --overwrite to replace it")
+    if out.resolve() == Path(target).resolve():
+        raise DdalignError(f"{out}: the output would replace the input checkpoint")
+    chosen = select_components(patch, components)
+    if chosen != patch.components():
+        patch = patch.restrict(chosen)
+    ck = Checkpoint.open(target, allow_pickle=allow_pickle)
+    check_compatible(patch, ck)
+    differing, checked = base_mismatches(patch, target, ckpt=ck)
+    if differing and not allow_other_base:
+        raise DdalignError(f"{target}: {len(differing)} of {checked} patched tensors differ from the unaligned model "
+                           f"the patch was made from (first: {differing[0]}); pass --allow-other-base to apply "
+                           f"it to another fine-tune of the same base")
+    by_tensor: dict[str, list[PatchEntry]] = {}
+    for e in patch.entries:
+        by_tensor.setdefault(e.slice.tensor, []).append(e)
+
+    def produce(name: str):
+        if name not in by_tensor:
+            return ck.raw(name)
+        tensor = ck.get(name).clone()
+        for e in by_tensor[name]:
+            e.slice.take(tensor).copy_(e.values.to(tensor.dtype))
+        return tensor
+
+    specs = [TensorSpec(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names()]
+    write_checkpoint(out, specs, produce, copy_from=ck.path, max_shard_size=max_shard_size, overwrite=overwrite)
+    return ApplyReport(out, patch.components(), len(by_tensor), differing, checked)
