@@ -20,6 +20,75 @@ def cli() -> None:
 
 # --- extract / apply (foundation) -------------------------------------------------------------
 
+@cli.command("extract")
+@click.option("--aligned", required=True, type=click.Path(path_type=str), help="The aligned model folder.")
+@click.option("--unaligned", required=True, type=click.Path(path_type=str), help="The unaligned sibling (same base).")
+@click.option("--scope", default="mlp.gate", show_default=True,
+              help="mlp.gate, mlp, attn, all, a module name, or component patterns (L*.mlp.gate,L*.attn.o).")
+@click.option("--layers", default=None, help="Layer range, e.g. 8-20 or 3,5-7.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Bundle file (.safetensors).")
+@click.option("--plot", default=None, type=click.Path(path_type=str), help="Layer x module heatmap of the relative delta (PNG).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle file.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
+def extract_cmd(aligned: str, unaligned: str, scope: str, layers: str | None, out: str, plot: str | None,
+                overwrite: bool, allow_pickle: bool) -> None:
+    """Write the alignment delta bundle of ALIGNED over UNALIGNED (streamed, tensor by tensor)."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ddalign.delta import extract, layer_table, plot_heatmap
+
+    if Path(out).exists() and not overwrite:
+        raise DdalignError(f"{out}: output exists; pass --overwrite to replace it")
+    with Progress("extract", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("extract", total=None)
+        bundle = extract(aligned, unaligned, scope=scope, layers=layers, out=out, allow_pickle=allow_pickle,
+                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+    Console().print(_layer_stats_table(layer_table(bundle), bundle))
+    if plot:
+        console.print(f"heatmap: {plot_heatmap(bundle, plot)}")
+    console.print(f"bundle: {out} ({len(bundle.components())} components, {bundle.params():,} parameters)")
+
+
+def _layer_stats_table(rows: list[dict], bundle):
+    from rich.table import Table
+
+    modules = sorted({m for r in rows for m in r["modules"]})
+    table = Table(title=f"relative delta ||A-U||/||U|| per layer (scope {bundle.manifest.get('scope')})")
+    table.add_column("layer", justify="right")
+    table.add_column("params", justify="right")
+    for m in modules:
+        table.add_column(m, justify="right")
+    for r in rows:
+        table.add_row(str(r["layer"]), f"{r['params']:,}",
+                      *("-" if r["modules"].get(m) is None else f"{r['modules'][m]:.4f}" for m in modules))
+    return table
+
+
+@cli.command("apply")
+@click.argument("patch", type=click.Path(path_type=str))
+@click.option("--to", "target", required=True, type=click.Path(path_type=str), help="Checkpoint folder to patch.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output checkpoint folder.")
+@click.option("--components", default=None, help="Apply only these components (comma-separated patterns or blocks).")
+@click.option("--max-shard-size", default="5GB", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--allow-other-base", is_flag=True,
+              help="Apply to a checkpoint other than the unaligned model the patch was made from.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
+def apply_cmd(patch: str, target: str, out: str, components: str | None, max_shard_size: str, overwrite: bool,
+              allow_other_base: bool, allow_pickle: bool) -> None:
+    """Write TARGET with PATCH applied to OUT; every other tensor byte-identical."""
+    from ddalign.patch import apply_to_folder
+
+    report = apply_to_folder(patch, target, out, components=components, allow_other_base=allow_other_base,
+                             overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle)
+    if report.differing_base:
+        console.print(f"note: {len(report.differing_base)} of {report.checked} patched tensors differed from the "
+                      f"patch's unaligned model (--allow-other-base)")
+    console.print(f"patched {report.tensors_patched} tensors ({len(report.components)} components) -> {report.out}")
+
 # --- evaluate ---------------------------------------------------------------------------------
 
 @cli.command("evaluate")
