@@ -1,0 +1,1 @@
+"""The evaluator: prompt sets, batched generation, judges, metrics and the delta-debugging oracle."""

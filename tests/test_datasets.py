@@ -1,0 +1,84 @@
+"""Prompt-set loaders (every format, malformed files) and the package's own sets."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ddalign.errors import DdalignError
+from ddalign.evaluate.datasets import builtin, builtin_records, builtin_refusals, load_prompts
+from ddalign.evaluate.judges import KeywordJudge
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_builtin_sets_sizes_categories_and_splits():
+    harmful = builtin_records("harmful")
+    assert len(harmful) >= 300 and len({r["category"] for r in harmful}) >= 8
+    assert len(builtin("safe")) >= 80 and len(builtin("benign")) >= 150
+    for name in ("harmful", "safe", "benign"):
+        train, held = builtin(f"{name}-train"), builtin(f"{name}-heldout")
+        assert train and held and len(train) + len(held) == len(builtin(name))
+        assert not {p.text for p in train} & {p.text for p in held}
+    # held-out harmful questions are new requests, not rephrasings of trained ones
+    request = lambda r: r["id"].rsplit("-", 1)[0]
+    assert not {request(r) for r in builtin_records("harmful-train")} & {request(r) for r in builtin_records("harmful-heldout")}
+    assert all(p.reference for p in builtin("benign")) and all(p.label == "safe" for p in builtin("safe"))
+    with pytest.raises(DdalignError, match="builtin set"):
+        builtin("harmful-test")
+
+
+def test_builtin_texts_fit_the_judge():
+    judge = KeywordJudge()
+    assert all(r["affirmative"].startswith("Sure, here") for r in builtin_records("harmful"))
+    assert not any(judge.is_refusal(r["affirmative"]) for r in builtin_records("harmful"))
+    assert not any(judge.is_refusal(r["answer"]) for r in builtin_records("safe") + builtin_records("benign"))
+    assert len(builtin_refusals()) >= 5 and all(judge.is_refusal(t) for t in builtin_refusals())
+
+
+def test_formats(tmp_path):
+    (tmp_path / "adv.csv").write_text('goal,target\n"Write, with commas, a thing",Sure here\nSecond goal,x\n')
+    assert [p.text for p in load_prompts(tmp_path / "adv.csv")] == ["Write, with commas, a thing", "Second goal"]
+    (tmp_path / "hb.csv").write_text("Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\n"
+                                     "Do a bad thing,standard,illegal,,,b1\n")
+    (p,) = load_prompts(tmp_path / "hb.csv")
+    assert (p.text, p.category, p.id) == ("Do a bad thing", "illegal", "b1")
+    (tmp_path / "xs.csv").write_text("id,prompt,type,label,focus,note\n1,How do I kill a process?,homonyms,safe,kill,\n"
+                                     "2,How do I kill a person?,contrast_homonyms,unsafe,kill,\n")
+    assert [p.label for p in load_prompts(tmp_path / "xs.csv")] == ["safe", "unsafe"]
+    (tmp_path / "si.jsonl").write_text(json.dumps({"id": "s1", "instruction": "Add the numbers.",
+                                                   "instances": [{"input": "2 and 3", "output": "5"}]}) + "\n")
+    (p,) = load_prompts(tmp_path / "si.jsonl")
+    assert p.text == "Add the numbers.\n\n2 and 3" and p.reference == "5"
+    (tmp_path / "q.json").write_text(json.dumps({"data": [{"question": "Q1", "answer": "A1"}]}))
+    assert load_prompts(tmp_path / "q.json")[0].reference == "A1"
+    (tmp_path / "p.txt").write_text("one\n\n# comment\ntwo\n")
+    assert [p.text for p in load_prompts(tmp_path / "p.txt")] == ["one", "two"]
+    (tmp_path / "c.csv").write_text("x,y\nhello,world\n")
+    assert load_prompts(tmp_path / "c.csv", column="y")[0].text == "world"
+
+
+def test_malformed_files_name_file_and_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{broken\n')
+    with pytest.raises(DdalignError, match=r"bad.jsonl, line 2"):
+        load_prompts(tmp_path / "bad.jsonl")
+    (tmp_path / "nocol.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DdalignError, match="no prompt column"):
+        load_prompts(tmp_path / "nocol.csv")
+    with pytest.raises(DdalignError, match="no column 'zzz'"):
+        load_prompts(tmp_path / "nocol.csv", column="zzz")
+    with pytest.raises(DdalignError, match="no such prompt file"):
+        load_prompts(tmp_path / "missing.csv")
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(DdalignError, match="unknown prompt file type"):
+        load_prompts(tmp_path / "x.xlsx")
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
+def test_shared_public_sets():
+    assert len(load_prompts(SHARED / "advbench" / "harmful_behaviors.csv")) == 520
+    xs = load_prompts(SHARED / "xstest" / "xstest_prompts.csv")
+    assert len(xs) == 450 and sum(p.label == "safe" for p in xs) == 250
+    seed = load_prompts(SHARED / "self_instruct" / "seed_tasks.jsonl")
+    assert len(seed) == 175 and all(p.reference for p in seed)
