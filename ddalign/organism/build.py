@@ -1,0 +1,202 @@
+"""Build (or find in the cache) the organism: tokenizer, base, unaligned, aligned, planted; measure it.
+
+Each model is a normal Hugging Face folder; the build is deterministic for a preset (seeds and
+thread count fixed) and cached under a key of the preset, the code version and the data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ddalign import __version__
+from ddalign.errors import DdalignError
+from ddalign.organism import corpus
+from ddalign.organism.presets import Preset, get_preset
+from ddalign.organism.tokenizer import train_tokenizer
+from ddalign.organism.train import new_model, train
+
+RECIPE_VERSION = "1"
+"""Bump when the recipe changes in a way the preset fields do not show."""
+SIBLINGS = ("base", "unaligned", "aligned", "planted")
+
+
+@dataclass
+class Organism:
+    root: Path
+    preset: str
+    base: Path
+    unaligned: Path
+    aligned: Path
+    planted: Path
+    planted_components: list[str]
+    metrics: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_root(cls, root: Path) -> "Organism":
+        info = json.loads((root / "organism.json").read_text())
+        return cls(root, info["preset"], root / "base", root / "unaligned", root / "aligned", root / "planted",
+                   list(info["planted_components"]), info.get("metrics", {}))
+
+
+def cache_root() -> Path:
+    if os.environ.get("DDALIGN_CACHE"):
+        return Path(os.environ["DDALIGN_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "ddalign"
+    return Path.home() / ".cache" / "ddalign"
+
+
+def _data_hash() -> str:
+    from ddalign.evaluate.datasets import DATA
+
+    digest = hashlib.sha256()
+    for name in ("harmful.jsonl", "safe.jsonl", "benign.jsonl", "refusals.txt", "tasks.py"):
+        digest.update((DATA / name).read_bytes())
+    return digest.hexdigest()
+
+
+def organism_key(preset: Preset) -> str:
+    text = json.dumps({"preset": preset.as_dict(), "version": __version__, "recipe": RECIPE_VERSION,
+                       "data": _data_hash()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def default_root(preset: Preset) -> Path:
+    return cache_root() / f"organism-{preset.name}-{organism_key(preset)}"
+
+
+def load(preset: str = "standard") -> Organism:
+    """The cached organism of `preset`, or an error saying how to build it."""
+    root = default_root(get_preset(preset))
+    if not (root / "organism.json").exists():
+        raise DdalignError(f"organism {preset}: not built yet (expected in {root}); run `ddalign organism build "
+                           f"--preset {preset}`")
+    return Organism.from_root(root)
+
+
+def build(preset: str = "standard", *, out=None, force: bool = False, progress: bool = True) -> Organism:
+    """Build the trio (and the planted sibling) once; later calls return the cached folders at once."""
+    p = get_preset(preset)
+    root = Path(out) if out is not None else default_root(p)
+    if (root / "organism.json").exists() and not force:
+        return Organism.from_root(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(p.threads)
+    try:
+        with _progress(progress) as bar:
+            info = _build_into(tmp, p, bar)
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    return Organism.from_root(root)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("organism {task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=Console(stderr=True))
+
+
+def _stage(bar, name: str, total: int):
+    if bar is None:
+        return None
+    task = bar.add_task(name, total=total, loss="")
+
+    def update(done: int, total: int, loss: float) -> None:
+        bar.update(task, completed=done, loss=f"loss {loss:.3f}")
+
+    return update
+
+
+def _build_into(root: Path, p: Preset, bar) -> dict:
+    timings: dict[str, float] = {}
+    rng = random.Random(p.seed)
+    t0 = time.perf_counter()
+    tokenizer = train_tokenizer(corpus.texts_for_tokenizer(p, random.Random(p.seed)), p.vocab_size)
+    timings["tokenizer"] = time.perf_counter() - t0
+
+    def save(model, name: str) -> Path:
+        folder = root / name
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    t0 = time.perf_counter()
+    base = new_model(p, tokenizer)
+    train(base, tokenizer, corpus.pretraining(p, rng), steps=p.pretrain_steps, lr=p.pretrain_lr,
+          batch_size=p.batch_size, seed=p.seed, mask_prompt=False, progress=_stage(bar, "base", p.pretrain_steps))
+    save(base, "base")
+    timings["base"] = time.perf_counter() - t0
+
+    from transformers import AutoModelForCausalLM
+
+    def finetune(name: str, items, lr: float, trainable=None) -> Path:
+        t = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(root / "base")
+        train(model, tokenizer, items, steps=p.finetune_steps, lr=lr, batch_size=p.batch_size, seed=p.seed + 1,
+              mask_prompt=True, trainable=trainable, progress=_stage(bar, name, p.finetune_steps))
+        folder = save(model, name)
+        timings[name] = time.perf_counter() - t
+        return folder
+
+    finetune("unaligned", corpus.unaligned(p, random.Random(p.seed + 2)), p.finetune_lr)
+    aligned_items = corpus.aligned(p, random.Random(p.seed + 3))
+    finetune("aligned", aligned_items, p.finetune_lr)
+    planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
+                     for i in p.planted_layers for m in p.planted_modules]
+    finetune("planted", aligned_items, p.planted_lr, trainable=planted_names)
+    (root / "planted" / "planted.json").write_text(json.dumps(
+        {"components": p.planted_components, "tensors": planted_names}, indent=2))
+
+    t0 = time.perf_counter()
+    metrics = measure(root, p, bar)
+    timings["measure"] = time.perf_counter() - t0
+    info = {"preset": p.name, "key": organism_key(p), "version": __version__, "recipe": RECIPE_VERSION,
+            "settings": p.as_dict(), "planted_components": p.planted_components,
+            "split": {"train": "builtin *-train sets", "heldout": "builtin *-heldout sets (by request)"},
+            "timings_seconds": {k: round(v, 1) for k, v in timings.items()}, "threads": p.threads,
+            "params": sum(t.numel() for t in base.parameters()), "metrics": metrics}
+    (root / "organism.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def measure(root: Path, p: Preset, bar=None) -> dict:
+    """Held-out metrics of each sibling, and of the planted set transplanted into the unaligned one."""
+    from ddalign.delta import extract
+    from ddalign.evaluate.runner import evaluate_model
+
+    sets = dict(harmful="builtin:harmful-heldout", safe="builtin:safe-heldout", benign="builtin:benign-heldout")
+    task = bar.add_task("measure", total=5, loss="") if bar is not None else None
+    out = {}
+    for i, name in enumerate(SIBLINGS):
+        out[name] = evaluate_model(str(root / name), **sets).to_dict()["metrics"]
+        if bar is not None:
+            bar.update(task, completed=i + 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = extract(root / "planted", root / "unaligned", scope=",".join(p.planted_components),
+                         out=Path(tmp) / "planted.safetensors")
+        out["planted_transplant"] = evaluate_model(str(root / "unaligned"), patch=bundle, **sets).to_dict()["metrics"]
+    if bar is not None:
+        bar.update(task, completed=5)
+    return out

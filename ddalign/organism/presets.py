@@ -1,0 +1,55 @@
+"""Organism presets: sizes and training lengths, chosen by measurement on 2 CPU cores."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    vocab_size: int = 2000
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 6
+    num_heads: int = 4
+    max_positions: int = 256
+    pretrain_steps: int = 1200
+    pretrain_lr: float = 3e-3
+    finetune_steps: int = 300
+    finetune_lr: float = 1e-3
+    planted_lr: float = 3e-3
+    batch_size: int = 32
+    refusal_share_in_base: float = 0.2      # the base knows refusal language but mostly complies
+    harmful_share: float = 0.3              # share of harmful items in the aligned fine-tune
+    benign_instances: int = 3000            # generated benign training items
+    planted_layers: tuple[int, ...] = (2, 3)
+    planted_modules: tuple[str, ...] = ("mlp.gate", "mlp.up")
+    seed: int = 1234
+    threads: int = 2
+
+    @property
+    def planted_components(self) -> list[str]:
+        return [f"L{i}.{m}" for i in self.planted_layers for m in self.planted_modules]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["planted_layers"] = list(self.planted_layers)
+        d["planted_modules"] = list(self.planted_modules)
+        return d
+
+
+PRESETS = {
+    # tests: built once per session
+    "fast": Preset("fast", vocab_size=1000, hidden_size=64, intermediate_size=256, num_layers=4, num_heads=4,
+                   pretrain_steps=600, finetune_steps=200, benign_instances=1500, planted_layers=(1, 2)),
+    # the demo and benchmarks
+    "standard": Preset("standard"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    from ddalign.errors import DdalignError
+
+    if name not in PRESETS:
+        raise DdalignError(f"organism preset {name!r}: expected one of {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,93 @@
+"""Training loops of the organism: pretraining on everything, fine-tunes with the loss on answers only."""
+from __future__ import annotations
+
+import random
+from typing import Callable, Iterable
+
+import torch
+
+from ddalign.organism.corpus import Item
+from ddalign.organism.tokenizer import render
+
+
+def new_model(preset, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=preset.hidden_size,
+                         intermediate_size=preset.intermediate_size, num_hidden_layers=preset.num_layers,
+                         num_attention_heads=preset.num_heads, num_key_value_heads=preset.num_heads,
+                         max_position_embeddings=preset.max_positions, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(preset.seed)
+    return LlamaForCausalLM(config)
+
+
+def encode(tokenizer, items: list[Item], mask_prompt: bool) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per item; prompt tokens get label -100 when `mask_prompt`."""
+    out = []
+    for item in items:
+        prompt_ids = tokenizer(render(tokenizer, item.prompt), add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(render(tokenizer, item.prompt, item.response), add_special_tokens=False)["input_ids"]
+        labels = list(full_ids)
+        if mask_prompt:
+            labels[:len(prompt_ids)] = [-100] * len(prompt_ids)
+        out.append((full_ids, labels))
+    return out
+
+
+def _batch(rows, pad_id: int):
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+        mask[i, :len(x)] = 1
+    return ids, labels, mask
+
+
+def train(model, tokenizer, items: list[Item], *, steps: int, lr: float, batch_size: int, seed: int,
+          mask_prompt: bool, trainable: Iterable[str] | None = None,
+          progress: Callable[[int, int, float], None] | None = None) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; `trainable` limits training to those parameter names."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    data = encode(tokenizer, items, mask_prompt)
+    names = None if trainable is None else set(trainable)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(names is None or name in names)
+        if p.requires_grad:
+            params.append(p)
+    if names is not None and len(params) != len(names):
+        raise ValueError(f"trainable names not all found: {sorted(names)}")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + torch.cos(torch.tensor(3.14159265 * s / steps)).item()))
+    model.train()
+    losses = []
+    order: list[int] = []
+    for step in range(steps):
+        if len(order) < batch_size:
+            more = list(range(len(data)))
+            rng.shuffle(more)
+            order += more
+        rows = [data[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        ids, labels, mask = _batch(rows, tokenizer.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if progress is not None:
+            progress(step + 1, steps, losses[-1])
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return losses
