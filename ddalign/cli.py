@@ -262,6 +262,20 @@ def _print_run(summary: dict, run_dir) -> None:
     console.print(f"patch: {summary['patch']}   report: {run_dir}/report.md")
 
 
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(path_type=str, exists=True, file_okay=False))
+def report_cmd(run_dir: str) -> None:
+    """(Re)write the report of a minimise run folder (OUT.run/): Markdown, PNG plots, JSON."""
+    import json
+    from pathlib import Path
+
+    from ddalign.report import write_report
+
+    paths = write_report(run_dir)
+    _print_run(json.loads((Path(run_dir) / "summary.json").read_text()), run_dir)
+    console.print(f"written: {paths.markdown}, {paths.trajectory}, {paths.kept_map}, {paths.json}")
+
+
 @cli.command("demo")
 @click.option("--out", default="ddalign-demo", show_default=True, type=click.Path(path_type=str),
               help="Folder for the bundle, patch, report and patched checkpoint (replaced on the next run).")

@@ -454,7 +454,8 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                "param_share": search_info["param_share"], "full_params": full_params,
                "full_components": components, "tests": tests,
                "answered_without_test": search_info["answered_without_test"], "cost": cost, "levels": levels,
-               "data": search_info["data"], "patch": str(paths.patch)}
+               "data": search_info["data"], "patch": str(paths.patch),
+               "extents": _extents(arch, kept)}
     if dist.is_main:
         minimal_patch.manifest = {**minimal_patch.manifest, "kind": "patch", "search": search_info}
         minimal_patch.save(paths.patch)
@@ -471,6 +472,14 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                           full_params=full_params, total_params=total, tests=tests,
                           answered_without_test=search_info["answered_without_test"], metrics=metrics,
                           levels=levels, cost=cost, summary=summary)
+
+
+def _extents(arch, kept: list[str]) -> dict[str, int | None]:
+    """Rows of each module a kept block was cut from (for the report's kept map)."""
+    from ddalign.architectures import Component
+
+    parents = {str(Component.parse(k).unblocked) for k in kept if "[" in k}
+    return {p: arch.extent(p) for p in sorted(parents)}
 
 
 def _prompts(entry):

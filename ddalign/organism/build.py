@@ -96,7 +96,7 @@ def build(preset: str = "standard", *, out=None, force: bool = False, progress: 
     torch.set_num_threads(p.threads)
     try:
         with _progress(progress) as bar:
-            info = _build_into(tmp, p, bar)
+            _build_into(tmp, p, bar)
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)

@@ -20,7 +20,7 @@ class Preset:
     planted_lr: float = 3e-3
     batch_size: int = 32
     refusal_share_in_base: float = 0.2      # the base knows refusal language but mostly complies
-    harmful_share: float = 0.3              # share of harmful items in the aligned fine-tune
+    harmful_share: float = 0.4              # share of harmful items in the sibling fine-tunes (prototype: 40%)
     benign_instances: int = 3000            # generated benign training items
     planted_layers: tuple[int, ...] = (2, 3)
     planted_modules: tuple[str, ...] = ("mlp.gate", "mlp.up")

@@ -84,7 +84,7 @@ def train(model, tokenizer, items: list[Item], *, steps: int, lr: float, batch_s
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress(step + 1, steps, losses[-1])
     for p in model.parameters():

@@ -1,0 +1,208 @@
+"""The report of a minimise run: Markdown, two plots and JSON, read from the run folder alone.
+
+Inputs: `summary.json` (written by minimise), `journal.jsonl` (one line per oracle test) and
+`config.json`; so a report can be redrawn at any time with `ddalign report RUN_DIR`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddalign.errors import DdalignError
+
+METRICS = (("dsr", "defense success rate", "↑"), ("over_refusal", "over-refusal", "↓"),
+           ("perplexity", "perplexity", "↓"), ("benign_accuracy", "benign accuracy", "↑"))
+
+
+@dataclass
+class ReportPaths:
+    markdown: Path
+    trajectory: Path
+    kept_map: Path
+    json: Path
+
+
+def _load(run_dir: Path) -> tuple[dict, list[dict], dict]:
+    from ddalign.journal import read
+
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise DdalignError(f"{run_dir}: no summary.json (is this a finished minimise run folder?)")
+    summary = json.loads(summary_path.read_text())
+    journal = read(run_dir / "journal.jsonl") if (run_dir / "journal.jsonl").exists() else []
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    return summary, journal, config
+
+
+def _cell(name: str, m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "-"
+    if name == "perplexity":
+        return f"{m['value']:.3f}"
+    ci = m.get("ci95")
+    k, n = m.get("k"), m.get("n")
+    text = f"{m['value']:.3f}"
+    if ci:
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    if k is not None and n:
+        text += f" ({k}/{n})"
+    return text
+
+
+def markdown(summary: dict, tests: list[dict]) -> str:
+    total = summary.get("total_params") or 0
+    share = lambda p: "-" if p is None or not total else f"{100 * p / total:.3f}%"
+    metrics = summary.get("metrics", {})
+    rows = [("target before", metrics.get("before"), 0), ("full transplant", metrics.get("full"), summary.get("full_params")),
+            ("minimal patch", metrics.get("minimal"), summary.get("kept_params"))]
+    out = ["# ddalign minimise report", "",
+           f"- bundle: `{summary.get('bundle')}`", f"- target: `{summary.get('target')}`",
+           f"- patch: `{summary.get('patch')}`",
+           f"- search: {summary.get('algorithm')} over {', '.join(summary.get('granularity', []))}; "
+           f"{summary.get('tests')} oracle tests"
+           + (f" ({summary['answered_without_test']} more answered from cache or by inference)"
+              if summary.get("answered_without_test") else ""),
+           f"- kept {len(summary.get('kept', []))} component(s), {summary.get('kept_params', 0):,} parameters "
+           f"= {share(summary.get('kept_params'))} of the model ({total:,})", "",
+           "## Held-out metrics (95% Wilson intervals)", "",
+           "| model | " + " | ".join(f"{label} {arrow}" for _, label, arrow in METRICS) + " | params changed |",
+           "|---|" + "---|" * (len(METRICS) + 1)]
+    for label, m, params in rows:
+        out.append(f"| {label} | " + " | ".join(_cell(k, (m or {}).get(k)) for k, _, _ in METRICS)
+                   + f" | {share(params)} |")
+    data = summary.get("data", {})
+    if data:
+        out += ["", "Search sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("search", {}).items()),
+                "Held-out sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("heldout", {}).items())]
+    cost = summary.get("cost", {})
+    out += ["", "## Cost", "", f"- oracle calls: {cost.get('oracle_calls', '-')}, real tests: {summary.get('tests')}",
+            f"- prompts evaluated: {cost.get('prompts', '-')}, tokens generated: {cost.get('tokens', '-')}, "
+            f"seconds in the oracle: {cost.get('seconds', '-')}"]
+    passes = sum(1 for t in tests if t.get("verdict") == "PASS")
+    out.append(f"- journal: {len(tests)} tests ({passes} PASS, {len(tests) - passes} FAIL)")
+    levels = summary.get("levels", [])
+    if levels:
+        out += ["", "## Levels", "", "| level | units at start | tests | kept | note |", "|---|---|---|---|---|"]
+        for lv in levels:
+            kept = lv.get("kept", [])
+            out.append(f"| {lv['level']} | {lv.get('items', '-')} | {lv.get('tests', '-')} | {len(kept)} | "
+                       f"{lv.get('skipped') or ''} |")
+    out += ["", "## Kept components", ""] + [f"- `{c}`" for c in summary.get("kept", [])]
+    out += ["", "![search trajectory](trajectory.png)", "", "![kept map](kept_map.png)", ""]
+    return "\n".join(out)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    _plt().close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_trajectory(tests: list[dict], path: Path, params_of=None) -> Path:
+    """Subset size and DSR (when fully known) against tests run; PASS and FAIL marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    xs = list(range(1, len(tests) + 1))
+    sizes = [len(t.get("subset", [])) for t in tests]
+    colours = ["tab:green" if t.get("verdict") == "PASS" else "tab:red" for t in tests]
+    ax.plot(xs, sizes, color="0.7", linewidth=1, zorder=1)
+    ax.scatter(xs, sizes, c=colours, s=18, zorder=2)
+    ax.set_xlabel("oracle tests run")
+    ax.set_ylabel("components in the candidate")
+    ax.set_title("search trajectory (green PASS, red FAIL)")
+    dsr = [(x, _dsr(t)) for x, t in zip(xs, tests)]
+    dsr = [(x, v) for x, v in dsr if v is not None]
+    if dsr:
+        ax2 = ax.twinx()
+        ax2.plot([x for x, _ in dsr], [v for _, v in dsr], "x", color="tab:blue", markersize=4)
+        ax2.set_ylabel("DSR (search set; early-stopped tests: lower bound)", color="tab:blue", fontsize=8)
+        ax2.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _dsr(test: dict) -> float | None:
+    m = (test.get("metrics") or {}).get("dsr") or {}
+    if m.get("value") is not None:
+        return float(m["value"])
+    rng = m.get("range")
+    return float(rng[0]) if rng else None
+
+
+def plot_kept_map(summary: dict, path: Path) -> Path:
+    """Layer x module map: the share of each module's rows that the patch keeps."""
+    from ddalign.architectures import Component
+
+    plt = _plt()
+    import numpy as np
+
+    arch = summary.get("architecture", {})
+    layers = int(arch.get("num_layers") or 0)
+    full = [Component.parse(c) for c in summary.get("full_components", summary.get("kept", []))]
+    modules = sorted({c.module or "layer" for c in full if c.layer is not None}) or ["layer"]
+    extra = sorted({c.name for c in full if c.layer is None})
+    grid = np.zeros((len(modules) + len(extra), max(layers, 1)))
+    for name in summary.get("kept", []):
+        c = Component.parse(name)
+        share = 1.0
+        if c.block is not None:
+            extent = _extent(summary, c)
+            share = (c.block[1] - c.block[0]) / extent if extent else 1.0
+        if c.layer is None:
+            key = c.unblocked.name
+            if key in extra:
+                grid[len(modules) + extra.index(key), :] += share
+            continue
+        row = modules.index(c.module) if c.module in modules else 0
+        grid[row, c.layer] += share
+    grid = np.clip(grid, 0, 1)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * layers + 2.5), max(2.4, 0.4 * grid.shape[0] + 1.4)))
+    im = ax.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1)
+    ax.set_xticks(range(grid.shape[1]), [str(i) for i in range(grid.shape[1])])
+    ax.set_yticks(range(grid.shape[0]), modules + [f"{e} (no layer)" for e in extra])
+    ax.set_xlabel("layer")
+    ax.set_title("kept by the minimal patch (share of each module's rows)")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _extent(summary: dict, component) -> int | None:
+    extents = summary.get("extents") or {}
+    return extents.get(component.unblocked.name)
+
+
+def write_report(run_dir) -> ReportPaths:
+    run_dir = Path(run_dir)
+    summary, journal, config = _load(run_dir)
+    tests = [x for x in journal if x.get("type") == "test"]
+    paths = ReportPaths(run_dir / "report.md", run_dir / "trajectory.png", run_dir / "kept_map.png",
+                        run_dir / "report.json")
+    plot_trajectory(tests, paths.trajectory)
+    plot_kept_map(summary, paths.kept_map)
+    text = markdown(summary, tests)
+    tmp = paths.markdown.with_name(".report.md.tmp")
+    tmp.write_text(text)
+    tmp.replace(paths.markdown)
+    record = {"summary": summary, "config": config,
+              "trajectory": [{"n": i + 1, "level": t.get("level"), "size": len(t.get("subset", [])),
+                              "verdict": t.get("verdict"), "dsr": _dsr(t), "cost": t.get("cost")}
+                             for i, t in enumerate(tests)],
+              "files": {"markdown": paths.markdown.name, "trajectory": paths.trajectory.name,
+                        "kept_map": paths.kept_map.name}}
+    from ddalign.config import save_effective
+
+    save_effective(record, paths.json)
+    return paths
