@@ -416,7 +416,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
 
     kept = units.concrete(result.minimal)
     # a resumed run counts the tests its journal answered: the run's total cost, not this session's
-    from_journal = sum(1 for r in result.trace if r.source == "cache")
+    from_journal = len(cache)
     tests = result.tests + from_journal
     minimal_patch = bundle_patch.restrict(kept)
     full_patch = bundle_patch.restrict(components) if len(components) < len(bundle_patch.components()) else bundle_patch
@@ -442,7 +442,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                    "data": {"search": {r: v[1] for r, v in search_sets.items() if v},
                             "heldout": {r: v[1] for r, v in eval_sets.items() if v}},
                    "tests": tests, "resumed_from_journal": from_journal,
-                   "answered_without_test": result.cached + result.inferred - from_journal,
+                   "answered_without_test": result.cached + result.inferred,
                    "levels": levels, "cost": cost, "bundle": header["bundle"], "target": str(target),
                    "metrics": metrics["minimal"], "kept_params": kept_params, "total_params": total,
                    "param_share": kept_params / total if total else 0.0, "created": _now()}
@@ -550,8 +550,8 @@ def _search_error_message(exc, oracle) -> str:
     failed = (cal.full.get("guards") or {})
     broken = [g for g, info in failed.items() if not info.get("passed", True)]
     why = f"guard(s) failing: {', '.join(broken)}" if broken else "the DSR target is not reached"
-    return (f"even the full transplant does not pass the oracle ({why}): DSR target {empty:.3f} -> full "
-            f"{full:.3f}, needed {cal.target_dsr:.3f}; widen the bundle's scope or lower the target")
+    return (f"even the full transplant does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the full transplant "
+            f"{full:.3f}, needed {cal.target_dsr:.3f}; widen the bundle's scope or relax the target or guards")
 
 
 def _broadcast(obj):
