@@ -165,6 +165,39 @@ def evaluate_cmd(ctx: click.Context, model: str, **options) -> None:
 
 # --- organism ---------------------------------------------------------------------------------
 
+@cli.group("organism")
+def organism_group() -> None:
+    """The built-in model organism: a tiny base, an unaligned, an aligned and a planted aligned sibling."""
+
+
+@organism_group.command("build")
+@click.option("--preset", type=click.Choice(["fast", "standard"]), default="standard", show_default=True)
+@click.option("--out", default=None, type=click.Path(path_type=str), help="Folder (default: the user cache).")
+@click.option("--force", is_flag=True, help="Rebuild even if a cached build exists.")
+def organism_build_cmd(preset: str, out: str | None, force: bool) -> None:
+    """Build the organism (cached: a second call returns at once)."""
+    from ddalign.organism import build
+
+    organism = build(preset, out=out, force=force)
+    _print_organism(organism)
+
+
+@organism_group.command("info")
+@click.option("--preset", type=click.Choice(["fast", "standard"]), default="standard", show_default=True)
+def organism_info_cmd(preset: str) -> None:
+    """Where the organism lies and its measured metrics (held-out sets)."""
+    from ddalign.organism import load
+
+    _print_organism(load(preset))
+
+
+def _print_organism(organism) -> None:
+    from ddalign.tables import comparison_table
+
+    rows = {name.replace("_", " "): {"metrics": m, "param_share": None} for name, m in organism.metrics.items()}
+    Console().print(comparison_table(rows, title=f"organism ({organism.preset}), held-out sets"))
+    console.print(f"folder: {organism.root}\nplanted components: {', '.join(organism.planted_components)}")
+
 # --- minimise / report / demo -----------------------------------------------------------------
 
 def _data_options(f):
