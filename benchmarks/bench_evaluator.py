@@ -73,24 +73,11 @@ def random_model(folder: Path) -> Path:
 
 
 def organism_models():
-    """(unaligned folder, aligned folder) of the built-in organism, or None when unavailable."""
-    try:
-        import ddalign.organism as organism
-    except ImportError:
-        return None
-    for name in ("build", "ensure_built", "get_organism", "organism_paths"):
-        fn = getattr(organism, name, None)
-        if callable(fn):
-            try:
-                result = fn()
-            except Exception as exc:                     # a bench must not die on a neighbour's module
-                print(f"organism unavailable ({name}: {exc}); using a random model")
-                return None
-            aligned = getattr(result, "aligned", None) or (result.get("aligned") if isinstance(result, dict) else None)
-            unaligned = getattr(result, "unaligned", None) or (result.get("unaligned") if isinstance(result, dict) else None)
-            if aligned and unaligned:
-                return Path(unaligned), Path(aligned)
-    return None
+    """(unaligned folder, aligned folder) of the built-in organism (standard preset, built or cached)."""
+    from ddalign.organism import build
+
+    organism = build("standard")
+    return Path(organism.unaligned), Path(organism.aligned)
 
 
 def load_prompts(n: int) -> tuple[list[str], str]:
