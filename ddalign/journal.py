@@ -44,8 +44,10 @@ class Journal:
             journal = cls(path, old, lines, handle)
             journal._write({"type": "resume", "at": _now(), "tests_so_far": len(journal.tests())})
             return journal
+        from ddalign import __version__
+
         handle = open(path, "w", encoding="utf-8")
-        journal = cls(path, {"type": "header", **header}, [], handle)
+        journal = cls(path, {"type": "header", "started": _now(), "version": __version__, **header}, [], handle)
         journal._write(journal.header)
         return journal
 
