@@ -23,7 +23,7 @@ PRESETS = Path(__file__).resolve().parent / "configs"
 
 # section -> key -> accepted types (None allowed everywhere: "unset")
 SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
-    "search": {"scope": (str,), "layers": (str, int), "granularity": (str, list), "block_size": (int,),
+    "search": {"scope": (str,), "layers": (str, int, list), "granularity": (str, list), "block_size": (int,),
                "algorithm": (str,), "assume_monotone": (bool,)},
     "oracle": {"target_dsr": (float, int), "target_fraction": (float, int), "max_ppl_increase": (float, int, bool),
                "max_accuracy_drop": (float, int, bool), "max_over_refusal_rise": (float, int, bool)},
@@ -33,6 +33,10 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "data": {"harmful": (str,), "safe": (str,), "benign": (str,), "eval_harmful": (str,), "eval_safe": (str,),
              "eval_benign": (str,), "column": (str,), "limit": (int,)},
 }
+
+# element type of the list-valued keys
+_ELEMENTS: dict[tuple[str, str], type] = {("search", "layers"): int, ("search", "granularity"): str,
+                                          ("judge", "markers"): str}
 
 
 def _defaults() -> dict:
@@ -92,6 +96,12 @@ def validate(data: dict, source: str) -> None:
             if value is not None and not (isinstance(value, types) and not (isinstance(value, bool) and bool not in types)):
                 raise DdalignError(f"{source}: {section}.{key} = {value!r}: expected "
                                    f"{' or '.join(t.__name__ for t in types)}")
+            if value is True and section == "oracle":
+                raise DdalignError(f"{source}: oracle.{key} = true: expected a number, or false to switch the guard off")
+            element = _ELEMENTS.get((section, key))
+            if isinstance(value, list) and element and not all(isinstance(v, element) and not isinstance(v, bool)
+                                                               for v in value):
+                raise DdalignError(f"{source}: {section}.{key} = {value!r}: expected a list of {element.__name__}")
 
 
 def merge(defaults: dict, file_config: dict | None, overrides: dict | None) -> dict:
