@@ -50,6 +50,10 @@ def _cell(name: str, m: dict | None) -> str:
     return text
 
 
+def _number(x) -> str:
+    return f"{x:.1f}" if isinstance(x, float) else ("-" if x is None else str(x))
+
+
 def markdown(summary: dict, tests: list[dict]) -> str:
     total = summary.get("total_params") or 0
     share = lambda p: "-" if p is None or not total else f"{100 * p / total:.3f}%"
@@ -78,7 +82,11 @@ def markdown(summary: dict, tests: list[dict]) -> str:
     cost = summary.get("cost", {})
     out += ["", "## Cost", "", f"- oracle calls: {cost.get('oracle_calls', '-')}, real tests: {summary.get('tests')}",
             f"- prompts evaluated: {cost.get('prompts', '-')}, tokens generated: {cost.get('tokens', '-')}, "
-            f"seconds in the oracle: {cost.get('seconds', '-')}"]
+            f"seconds in the oracle: {_number(cost.get('seconds'))}"]
+    calibration = cost.get("calibration")
+    if isinstance(calibration, dict):
+        out.append(f"- calibration (target before, full transplant): {calibration.get('prompts', '-')} prompts, "
+                   f"{calibration.get('tokens', '-')} tokens, {_number(calibration.get('seconds'))} s")
     passes = sum(1 for t in tests if t.get("verdict") == "PASS")
     out.append(f"- journal: {len(tests)} tests ({passes} PASS, {len(tests) - passes} FAIL)")
     levels = summary.get("levels", [])
@@ -141,37 +149,47 @@ def _dsr(test: dict) -> float | None:
     return float(rng[0]) if rng else None
 
 
-def plot_kept_map(summary: dict, path: Path) -> Path:
-    """Layer x module map: the share of each module's rows that the patch keeps."""
+def kept_grid(summary: dict) -> tuple[list[str], list[list[float]]]:
+    """Rows (modules, then layerless components) x layers: the share of each module's rows kept."""
     from ddalign.architectures import Component
 
-    plt = _plt()
-    import numpy as np
-
     arch = summary.get("architecture", {})
-    layers = int(arch.get("num_layers") or 0)
     full = [Component.parse(c) for c in summary.get("full_components", summary.get("kept", []))]
-    modules = sorted({c.module or "layer" for c in full if c.layer is not None}) or ["layer"]
-    extra = sorted({c.name for c in full if c.layer is None})
-    grid = np.zeros((len(modules) + len(extra), max(layers, 1)))
-    for name in summary.get("kept", []):
-        c = Component.parse(name)
+    kept = [Component.parse(c) for c in summary.get("kept", [])]
+    layered = [c.layer for c in full + kept if c.layer is not None]
+    layers = max([int(arch.get("num_layers") or 0)] + [x + 1 for x in layered] + [1])
+    modules = sorted({c.unblocked.module for c in full if c.layer is not None and c.module}) \
+        or sorted(m for m in arch.get("modules", []) if isinstance(m, str)) or ["layer"]
+    extra = sorted({c.unblocked.name for c in full + kept if c.layer is None})
+    grid = [[0.0] * layers for _ in range(len(modules) + len(extra))]
+    for c in kept:
         share = 1.0
         if c.block is not None:
             extent = _extent(summary, c)
             share = (c.block[1] - c.block[0]) / extent if extent else 1.0
         if c.layer is None:
-            key = c.unblocked.name
-            if key in extra:
-                grid[len(modules) + extra.index(key), :] += share
-            continue
-        row = modules.index(c.module) if c.module in modules else 0
-        grid[row, c.layer] += share
-    grid = np.clip(grid, 0, 1)
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * layers + 2.5), max(2.4, 0.4 * grid.shape[0] + 1.4)))
+            rows = [len(modules) + extra.index(c.unblocked.name)]
+            columns = range(layers)
+        else:
+            # a whole layer ("L3") or a group ("L3.mlp") covers every module row beneath it
+            rows = [i for i, m in enumerate(modules)
+                    if not c.module or m == c.module or m.startswith(c.module + ".") or m == "layer"] or [0]
+            columns = [c.layer]
+        for row in rows:
+            for col in columns:
+                grid[row][col] = min(1.0, grid[row][col] + share)
+    return modules + [f"{e} (no layer)" for e in extra], grid
+
+
+def plot_kept_map(summary: dict, path: Path) -> Path:
+    """Layer x module map: the share of each module's rows that the patch keeps."""
+    plt = _plt()
+    rows, grid = kept_grid(summary)
+    layers = len(grid[0])
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * layers + 2.5), max(2.4, 0.4 * len(rows) + 1.4)))
     im = ax.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1)
-    ax.set_xticks(range(grid.shape[1]), [str(i) for i in range(grid.shape[1])])
-    ax.set_yticks(range(grid.shape[0]), modules + [f"{e} (no layer)" for e in extra])
+    ax.set_xticks(range(layers), [str(i) for i in range(layers)])
+    ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("layer")
     ax.set_title("kept by the minimal patch (share of each module's rows)")
     fig.colorbar(im, ax=ax)
@@ -184,7 +202,20 @@ def _extent(summary: dict, component) -> int | None:
     return extents.get(component.unblocked.name)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_report(run_dir) -> ReportPaths:
+    """Report files in `run_dir` from its summary.json, journal.jsonl and config.json."""
     run_dir = Path(run_dir)
     summary, journal, config = _load(run_dir)
     tests = [x for x in journal if x.get("type") == "test"]
@@ -193,13 +224,12 @@ def write_report(run_dir) -> ReportPaths:
     plot_trajectory(tests, paths.trajectory)
     plot_kept_map(summary, paths.kept_map)
     text = markdown(summary, tests)
-    tmp = paths.markdown.with_name(".report.md.tmp")
-    tmp.write_text(text)
-    tmp.replace(paths.markdown)
+    _write_atomic(paths.markdown, text)
     record = {"summary": summary, "config": config,
               "trajectory": [{"n": i + 1, "level": t.get("level"), "size": len(t.get("subset", [])),
                               "verdict": t.get("verdict"), "dsr": _dsr(t), "cost": t.get("cost")}
                              for i, t in enumerate(tests)],
+              "kept_map": dict(zip(("rows", "share"), kept_grid(summary))),
               "files": {"markdown": paths.markdown.name, "trajectory": paths.trajectory.name,
                         "kept_map": paths.kept_map.name}}
     from ddalign.config import save_effective
