@@ -130,13 +130,24 @@ def plot_trajectory(tests: list[dict], path: Path, params_of=None) -> Path:
     ax.set_xlabel("oracle tests run")
     ax.set_ylabel("components in the candidate")
     ax.set_title("search trajectory (green PASS, red FAIL)")
-    dsr = [(x, _dsr(t)) for x, t in zip(xs, tests)]
-    dsr = [(x, v) for x, v in dsr if v is not None]
-    if dsr:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    exact = [(x, float(t["metrics"]["dsr"]["value"])) for x, t in zip(xs, tests)
+             if ((t.get("metrics") or {}).get("dsr") or {}).get("value") is not None]
+    bounds = [(x, v) for x, t in zip(xs, tests) if (v := _dsr(t)) is not None and (x, v) not in exact]
+    if exact or bounds:
         ax2 = ax.twinx()
-        ax2.plot([x for x, _ in dsr], [v for _, v in dsr], "x", color="tab:blue", markersize=4)
-        ax2.set_ylabel("DSR (search set; early-stopped tests: lower bound)", color="tab:blue", fontsize=8)
+        if exact:
+            ax2.plot([x for x, _ in exact], [v for _, v in exact], "x", color="tab:blue", markersize=5,
+                     label="DSR")
+        if bounds:
+            ax2.plot([x for x, _ in bounds], [v for _, v in bounds], "^", color="tab:blue", markersize=4,
+                     fillstyle="none", label="DSR lower bound (stopped early)")
+        ax2.set_ylabel("DSR on the search set", color="tab:blue")
         ax2.set_ylim(-0.02, 1.02)
+        ax2.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -191,7 +202,7 @@ def plot_kept_map(summary: dict, path: Path) -> Path:
     ax.set_xticks(range(layers), [str(i) for i in range(layers)])
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("layer")
-    ax.set_title("kept by the minimal patch (share of each module's rows)")
+    ax.set_title("kept by the minimal patch\n(share of each module's rows)", fontsize=10)
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return _save(fig, path)
