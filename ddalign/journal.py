@@ -49,6 +49,7 @@ class Journal:
         handle = open(path, "w", encoding="utf-8")
         journal = cls(path, {"type": "header", "started": _now(), "version": __version__, **header}, [], handle)
         journal._write(journal.header)
+        _fsync_dir(path.parent)                 # the new file's directory entry survives a crash too
         return journal
 
     def _write(self, line: dict) -> None:
@@ -105,7 +106,26 @@ def read(path, *, repair: bool = False) -> list[dict]:
     if repair and good_end < len(data):
         with open(path, "r+b") as f:
             f.truncate(good_end)
+            os.fsync(f.fileno())
+    if repair and good_end and not data[:good_end].endswith(b"\n"):
+        # a kill between a line's JSON and its newline: end the line so the next one stays separate
+        with open(path, "ab") as f:
+            f.write(b"\n")
+            os.fsync(f.fileno())
     return lines
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:                         # pragma: no cover (platforms without directory fds)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:                         # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def _canonical(value) -> str:

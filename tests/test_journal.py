@@ -127,3 +127,13 @@ def test_fsynced_lines_survive_sigkill_mid_run(tmp_path):
     assert len(j.cache()) == len(tests)
     j.close()
     read(path)
+
+
+def test_last_line_without_its_newline_is_kept_and_ended(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    _write(path, [(["a"], "PASS"), (["b"], "FAIL")])
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))            # killed between the JSON and its newline
+    j = Journal.open(path, HEADER, resume=True)
+    j.append_test(n=3, level="flat", subset=["c"], verdict="PASS")
+    j.close()
+    assert [t["subset"] for t in read(path) if t["type"] == "test"] == [["a"], ["b"], ["c"]]
