@@ -13,11 +13,11 @@ class Preset:
     num_layers: int = 6
     num_heads: int = 4
     max_positions: int = 256
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
-    finetune_steps: int = 300
-    finetune_lr: float = 1e-3
-    planted_lr: float = 3e-3
+    finetune_steps: int = 200
+    finetune_lr: float = 2e-3
+    planted_lr: float = 4e-3
     batch_size: int = 32
     refusal_share_in_base: float = 0.2      # the base knows refusal language but mostly complies
     harmful_share: float = 0.4              # share of harmful items in the sibling fine-tunes (prototype: 40%)
