@@ -108,7 +108,7 @@ def apply_cmd(patch: str, target: str, out: str, components: str | None, max_sha
 @click.option("--template", default=None, help="Prompt template with {prompt} ('chat' = the tokenizer's chat template; default: chat template if any, else an Alpaca-style one).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
 @click.option("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, float32 on CPU).")
-@click.option("--limit", type=int, default=None, help="Use only the first N prompts of each set.")
+@click.option("--limit", type=int, default=None, help="Use only N prompts of each set, evenly spaced over it (sets are often grouped by category).")
 @click.option("--no-early-stop", is_flag=True, help="Generate every answer to the end (no per-row stop once a refusal is decided).")
 @click.option("--accuracy-match", type=click.Choice(["contains", "exact"]), default="contains", show_default=True)
 @click.option("--keep-answers", is_flag=True, help="Store every answer in the JSON record.")
@@ -249,7 +249,7 @@ def _minimise_overrides(o: dict) -> dict:
 @click.option("--max-over-refusal-rise", type=float, default=None, help="Guard: over-refusal rise allowed (absolute).")
 @_data_options
 @click.option("--column", default=None, help="Column / field holding the prompt in the data files.")
-@click.option("--limit", type=int, default=None, help="Use only the first N prompts of each set.")
+@click.option("--limit", type=int, default=None, help="Use only N prompts of each set, evenly spaced over it (sets are often grouped by category).")
 @click.option("--judge", default=None, help="'keyword' or a local classifier model folder.")
 @click.option("--refusal-marker", "refusal_markers", multiple=True, help="Extra refusal marker (repeatable).")
 @click.option("--max-new-tokens", type=int, default=None, help="Tokens generated per oracle prompt.")

@@ -122,10 +122,18 @@ def resolve_prompts(role: str, spec, *, column: str | None = None, limit: int | 
     if limit is not None:
         if limit < 1:
             raise DdalignError(f"--limit: expected a positive number, got {limit}")
-        prompts = prompts[:limit]
+        prompts = spread(prompts, limit)
     if not prompts:
         raise DdalignError(f"{role} prompts ({source}): the set is empty")
     return prompts, source
+
+
+def spread(items: list, limit: int) -> list:
+    """`limit` items evenly spaced over the list (files are often grouped by category), in order."""
+    n = len(items)
+    if limit >= n:
+        return list(items)
+    return [items[(i * n) // limit] for i in range(limit)]
 
 
 def _text(p) -> str:
