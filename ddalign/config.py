@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ddalign.errors import DdalignError
@@ -119,12 +117,6 @@ def merge(defaults: dict, file_config: dict | None, overrides: dict | None) -> d
 
 def save_effective(config: dict, path) -> Path:
     """The effective configuration as JSON, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    from ddalign.evaluate.runner import write_json_atomic
+
+    return write_json_atomic(path, config)
