@@ -316,10 +316,10 @@ def report_cmd(run_dir: str) -> None:
               help="Model-organism preset (built once, then cached).")
 @click.option("--sibling", type=click.Choice(["planted", "natural"]), default="planted", show_default=True,
               help="Aligned sibling: planted (alignment in known components: ground truth) or natural.")
-@click.option("--scope", default="all", show_default=True, help="Scope of the extracted bundle.")
+@click.option("--scope", default=None, help="Scope of the extracted bundle (default: the config's search.scope, all).")
 @click.option("--config", "config_file", default=None, help="Preset name or TOML file (default: organism).")
 @click.option("--overwrite", is_flag=True, help="Replace --out even if it is not a demo folder.")
-def demo_cmd(out: str, preset: str, sibling: str, scope: str, config_file: str | None, overwrite: bool) -> None:
+def demo_cmd(out: str, preset: str, sibling: str, scope: str | None, config_file: str | None, overwrite: bool) -> None:
     """The whole flow on the built-in model organism: build, extract, minimise, apply, evaluate."""
     from ddalign.config import load_config, merge, DEFAULTS
     from ddalign.demo import run_demo

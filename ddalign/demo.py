@@ -63,7 +63,7 @@ def _prepare(folder: Path, overwrite: bool) -> None:
 
 
 def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibling: str = "planted",
-             scope: str = "all", config: dict | None = None, overwrite: bool = False,
+             scope: str | None = None, config: dict | None = None, overwrite: bool = False,
              log: Callable[[str], None] | None = None, view=None, progress: bool = True) -> DemoResult:
     """Build (or load from the cache) the organism, then extract -> minimise -> apply -> evaluate."""
     from ddalign.config import load_config
@@ -83,12 +83,13 @@ def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibl
     aligned = Path(organism.planted if sibling == "planted" else organism.aligned)
     unaligned = Path(organism.unaligned)
 
+    settings = config if config is not None else load_config("organism")
+    scope = scope or (settings.get("search") or {}).get("scope") or "all"
     say(f"2/5 extract: the {sibling} aligned sibling against the unaligned one, scope {scope}")
     bundle = folder / "bundle.safetensors"
     extract(aligned, unaligned, scope=scope, out=bundle)
 
     say("3/5 minimise: delta debugging against the oracle (held-out numbers follow)")
-    settings = config if config is not None else load_config("organism")
     patch = folder / "patch.safetensors"
     result = minimise(bundle, unaligned, patch, config=settings, log=say, view=view)
 

@@ -364,7 +364,8 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                                   trust_remote_code=trust_remote_code)
 
     effective = settings.as_dict()
-    header = {"config": effective, "bundle": {"path": str(bundle), "sha256": _bundle_fingerprint(bundle_patch)},
+    # the bundle by content (a moved bundle still resumes), the target by path
+    header = {"config": effective, "bundle": {"sha256": _bundle_fingerprint(bundle_patch)},
               "target": str(target), "started": _now(), "version": __version__}
     journal, cache = None, {}
     calibration_path = paths.run_dir / "calibration.json"
@@ -443,7 +444,8 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                             "heldout": {r: v[1] for r, v in eval_sets.items() if v}},
                    "tests": tests, "resumed_from_journal": from_journal,
                    "answered_without_test": result.cached + result.inferred,
-                   "levels": levels, "cost": cost, "bundle": header["bundle"], "target": str(target),
+                   "levels": levels, "cost": cost, "bundle": {"path": str(bundle), **header["bundle"]},
+                   "target": str(target),
                    "metrics": metrics["minimal"], "kept_params": kept_params, "total_params": total,
                    "param_share": kept_params / total if total else 0.0, "created": _now()}
     summary = {"bundle": str(bundle), "target": str(target), "algorithm": settings.algorithm,
