@@ -333,9 +333,10 @@ def demo_cmd(out: str, preset: str, sibling: str, scope: str | None, config_file
                           log=view.message, view=view)
     Console().print(comparison_table(result.rows, title="held-out sets: before and after"))
     console.print(f"kept {len(result.kept)} component(s) after {result.tests} oracle tests: {', '.join(result.kept)}")
-    if result.found_only_planted is not None:
-        verdict = "only planted components" if result.found_only_planted else "components outside the planted set"
-        console.print(f"ground truth: the planted set is {', '.join(result.planted)}; the patch holds {verdict}")
+    outside = result.outside_planted
+    if outside is not None:
+        console.print(f"ground truth: alignment was planted in {', '.join(result.planted)}; kept outside it: "
+                      f"{', '.join(outside) or 'nothing'}")
     console.print(f"report: {result.report}\npatched checkpoint: {result.patched_model}")
 
 

@@ -35,21 +35,27 @@ class DemoResult:
     tests: int = 0
 
     @property
-    def found_only_planted(self) -> bool | None:
-        """Ground truth (planted sibling only): every kept component lies inside the planted set."""
+    def outside_planted(self) -> list[str] | None:
+        """Ground truth (planted sibling): kept components that share no tensor rows with the planted set."""
         if self.sibling != "planted" or not self.planted:
             return None
-        from ddalign.architectures import Component
+        from ddalign.patch import Patch
 
-        planted = {str(Component.parse(p).unblocked) for p in self.planted}
-        return all(_inside(k, planted) for k in self.kept)
+        arch = Patch.load(self.patch).architecture()
+        planted = [arch.resolve(p) for p in self.planted]
+
+        def overlaps(kept: str) -> bool:
+            return any(_slices_overlap(a, b) for a in arch.resolve(kept) for p in planted for b in p)
+
+        return [k for k in self.kept if not overlaps(k)]
 
 
-def _inside(kept: str, planted: set[str]) -> bool:
-    from ddalign.architectures import Component
-
-    comp = Component.parse(kept)
-    return str(comp.unblocked) in planted
+def _slices_overlap(a, b) -> bool:
+    if a.tensor != b.tensor:
+        return False
+    if a.dim is None or b.dim is None or a.dim != b.dim:
+        return True
+    return a.start < b.stop and b.start < a.stop
 
 
 def _prepare(folder: Path, overwrite: bool) -> None:
