@@ -13,7 +13,10 @@ from ddalign.cli import cli
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # a small, quick search: the planted gate+up of the middle layers, on a slice of the sets
-RUN = ["--granularity", "layer,module", "--limit", "48", "--max-new-tokens", "16", "--max-accuracy-drop", "0.5"]
+# loose utility guards: the fast organism is small and noisy (the guards themselves are tested in test_oracle)
+RUN = ["--config", "organism", "--granularity", "layer,module", "--limit", "48", "--max-new-tokens", "8",
+       "--max-accuracy-drop", "0.5", "--max-ppl-increase", "0.5", "--max-over-refusal-rise", "0.5"]
+LOOSE = {"max_accuracy_drop": 0.5, "max_ppl_increase": 0.5, "max_over_refusal_rise": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +85,7 @@ def test_interrupted_run_resumes_without_repeating_a_test(fast_organism, planted
     from ddalign.minimise import minimise
 
     out = tmp_path / "p.safetensors"
-    config = {"search": {"granularity": "layer,module"}, "data": {"limit": 48}, "oracle": {"max_accuracy_drop": 0.5},
+    config = {"search": {"granularity": "layer,module"}, "data": {"limit": 48}, "oracle": LOOSE,
               "generation": {"max_new_tokens": 16}}
 
     class Stop(Exception):
