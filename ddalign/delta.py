@@ -32,8 +32,11 @@ class _Stats:
 
     def add(self, a: torch.Tensor, u: torch.Tensor) -> None:
         # float32 dot products (BLAS) per slice, summed in Python floats: the difference is taken
-        # before squaring, so a small fine-tuning delta keeps its precision
-        af, uf = a.reshape(-1).float(), u.reshape(-1).float()
+        # before squaring, so a small fine-tuning delta keeps its precision. Fresh copies: BLAS sums
+        # in an order that depends on the data's alignment, which differs between a single file and
+        # shards (memory-mapped offsets), and the bundle must not.
+        af = a.reshape(-1).to(torch.float32, copy=True)
+        uf = u.reshape(-1).to(torch.float32, copy=True)
         d = af - uf
         self.diff2 += float(torch.dot(d, d))
         self.u2 += float(torch.dot(uf, uf))

@@ -25,6 +25,24 @@ def test_builtin_sets_sizes_categories_and_splits():
     request = lambda r: r["id"].rsplit("-", 1)[0]
     assert not {request(r) for r in builtin_records("harmful-train")} & {request(r) for r in builtin_records("harmful-heldout")}
     assert all(p.reference for p in builtin("benign")) and all(p.label == "safe" for p in builtin("safe"))
+
+
+def test_heldout_requests_are_new_combinations_of_trained_parts():
+    """A held-out request is a verb pattern and an object never trained together, each trained with others."""
+    from ddalign.data.build_sets import CONTRASTS, HARMFUL
+
+    for prefix, table, name in (("h", HARMFUL, "harmful"), ("s", CONTRASTS, "safe")):
+        parts = lambda split: {tuple(r["id"].split("-")[-2].split(".")) + (r["category"].removeprefix("contrast-"),)
+                               for r in builtin_records(f"{name}-{split}") if "." in r["id"]}
+        train, held = parts("train"), parts("heldout")
+        assert held and not held & train
+        for i, j, category in held:
+            assert any(t[0] == i and t[2] == category for t in train)      # the verb pattern, with other objects
+            assert any(t[1] == j and t[2] == category for t in train)      # the object, with other patterns
+        assert {c for _, _, c in held} == set(table)
+    # every contrast request is answered, in the same framings as harmful requests
+    contrasts = [r for r in builtin_records("safe") if r["category"].startswith("contrast-")]
+    assert contrasts and all(r["answer"].startswith("Sure, here") for r in contrasts)
     with pytest.raises(DdalignError, match="builtin set"):
         builtin("harmful-test")
 

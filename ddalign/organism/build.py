@@ -25,7 +25,7 @@ from ddalign.organism.presets import Preset, get_preset
 from ddalign.organism.tokenizer import train_tokenizer
 from ddalign.organism.train import new_model, train
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
 
@@ -151,21 +151,26 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
 
     from transformers import AutoModelForCausalLM
 
-    def finetune(name: str, items, lr: float, trainable=None) -> Path:
+    steps: dict[str, int] = {}
+
+    def finetune(name: str, items, lr: float, n_steps: int, trainable=None) -> Path:
         t = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(root / "base")
-        train(model, tokenizer, items, steps=p.finetune_steps, lr=lr, batch_size=p.batch_size, seed=p.seed + 1,
-              mask_prompt=True, trainable=trainable, progress=_stage(bar, name, p.finetune_steps))
+        train(model, tokenizer, items, steps=n_steps, lr=lr, batch_size=p.batch_size, seed=p.seed + 1,
+              mask_prompt=True, trainable=trainable, progress=_stage(bar, name, n_steps))
         folder = save(model, name)
-        timings[name] = time.perf_counter() - t
+        timings[name], steps[name] = time.perf_counter() - t, n_steps
         return folder
 
-    finetune("unaligned", corpus.unaligned(p, random.Random(p.seed + 2)), p.finetune_lr)
+    unaligned_items = corpus.unaligned(p, random.Random(p.seed + 2))
+    finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps)
     aligned_items = corpus.aligned(p, random.Random(p.seed + 3))
-    finetune("aligned", aligned_items, p.finetune_lr)
+    # the aligned sibling sees the shared instruction data as often as the unaligned one does, so
+    # that the two differ in safety, not in how much benign tuning they had
+    finetune("aligned", aligned_items, p.finetune_lr, round(p.finetune_steps * len(aligned_items) / len(unaligned_items)))
     planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
                      for i in p.planted_layers for m in p.planted_modules]
-    finetune("planted", aligned_items, p.planted_lr, trainable=planted_names)
+    finetune("planted", aligned_items, p.planted_lr, p.planted_steps, trainable=planted_names)
     (root / "planted" / "planted.json").write_text(json.dumps(
         {"components": p.planted_components, "tensors": planted_names}, indent=2))
 
@@ -176,6 +181,8 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
             "settings": p.as_dict(), "planted_components": p.planted_components,
             "split": {"train": "builtin *-train sets", "heldout": "builtin *-heldout sets (by request)"},
             "timings_seconds": {k: round(v, 1) for k, v in timings.items()}, "threads": p.threads,
+            "steps": {"base": p.pretrain_steps, **steps},
+            "items": {"unaligned": len(unaligned_items), "aligned": len(aligned_items)},
             "params": sum(t.numel() for t in base.parameters()), "metrics": metrics}
     (root / "organism.json").write_text(json.dumps(info, indent=2))
     return info

@@ -15,12 +15,19 @@ class Preset:
     max_positions: int = 256
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
-    finetune_steps: int = 200
-    finetune_lr: float = 2e-3
-    planted_lr: float = 4e-3
+    finetune_steps: int = 200               # the unaligned sibling; the aligned ones see its data as often
+    finetune_lr: float = 1e-3
+    planted_steps: int = 600                # only gate and up of two layers learn the refusal boundary
+    planted_lr: float = 8e-3
     batch_size: int = 32
     refusal_share_in_base: float = 0.2      # the base knows refusal language but mostly complies
-    harmful_share: float = 0.4              # share of harmful items in the sibling fine-tunes (prototype: 40%)
+    harmful_share: float = 0.4              # share of harmful items in the aligned fine-tunes (prototype: 40%)
+    # everyday how-to requests per benign task in the instruction data. Measured: the standard base
+    # complies after benign-only tuning, and how-to tuning there strengthens compliance in the
+    # harmful framings until the planted set transfers nothing (DSR 0.96 -> 0.00); the fast base
+    # loses its affirmative habit under benign-only tuning (unaligned DSR 0.83) and needs them.
+    howto_share: float = 0.0
+    contrast_repeat: int = 2                # safe-but-scary and contrast items repeated in the aligned fine-tunes
     benign_instances: int = 3000            # generated benign training items
     planted_layers: tuple[int, ...] = (2, 3)
     planted_modules: tuple[str, ...] = ("mlp.gate", "mlp.up")
@@ -41,7 +48,8 @@ class Preset:
 PRESETS = {
     # tests: built once per session
     "fast": Preset("fast", vocab_size=1000, hidden_size=64, intermediate_size=256, num_layers=4, num_heads=4,
-                   pretrain_steps=600, finetune_steps=200, benign_instances=1500, planted_layers=(1, 2)),
+                   pretrain_steps=500, finetune_steps=120, planted_steps=300, benign_instances=1500,
+                   howto_share=0.2, planted_layers=(1, 2)),
     # the demo and benchmarks
     "standard": Preset("standard"),
 }
