@@ -42,6 +42,10 @@ def test_planted_differs_from_base_only_in_planted_tensors(fast_organism):
     tensors = set(json.loads((fast_organism.planted / "planted.json").read_text())["tensors"])
     differing = {n for n in base.names() if base.fingerprint(n) != planted.fingerprint(n)}
     assert differing == tensors
+    # the unaligned sibling keeps the base's planted tensors (and tunes every other one), so the
+    # planted set transplanted into it adds exactly the planted tuning
+    unaligned = Checkpoint.open(fast_organism.unaligned)
+    assert {n for n in base.names() if base.fingerprint(n) != unaligned.fingerprint(n)} == set(base.names()) - tensors
 
 
 def test_cache_returns_at_once_and_load(fast_organism, monkeypatch):

@@ -25,7 +25,7 @@ from ddalign.organism.presets import Preset, get_preset
 from ddalign.organism.tokenizer import train_tokenizer
 from ddalign.organism.train import new_model, train
 
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
 
@@ -153,23 +153,28 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
 
     steps: dict[str, int] = {}
 
-    def finetune(name: str, items, lr: float, n_steps: int, trainable=None) -> Path:
+    def finetune(name: str, items, lr: float, n_steps: int, trainable=None, frozen=()) -> Path:
         t = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(root / "base")
         train(model, tokenizer, items, steps=n_steps, lr=lr, batch_size=p.batch_size, seed=p.seed + 1,
-              mask_prompt=True, trainable=trainable, progress=_stage(bar, name, n_steps))
+              mask_prompt=True, trainable=trainable, frozen=frozen, progress=_stage(bar, name, n_steps))
         folder = save(model, name)
         timings[name], steps[name] = time.perf_counter() - t, n_steps
         return folder
 
+    planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
+                     for i in p.planted_layers for m in p.planted_modules]
+    # The unaligned sibling's tuning leaves the planted tensors as the base has them, so that the
+    # planted set transplanted into it adds exactly what the planted tuning learned and nothing
+    # else changes. Measured otherwise (standard preset): the transplant also throws away the
+    # unaligned sibling's own tuning of those tensors, perplexity rises 20%, and the search must
+    # keep other components to repair it: the ground truth is then not a minimal passing set.
     unaligned_items = corpus.unaligned(p, random.Random(p.seed + 2))
-    finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps)
+    finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps, frozen=planted_names)
     aligned_items = corpus.aligned(p, random.Random(p.seed + 3))
     # the aligned sibling sees the shared instruction data as often as the unaligned one does, so
     # that the two differ in safety, not in how much benign tuning they had
     finetune("aligned", aligned_items, p.finetune_lr, round(p.finetune_steps * len(aligned_items) / len(unaligned_items)))
-    planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
-                     for i in p.planted_layers for m in p.planted_modules]
     finetune("planted", aligned_items, p.planted_lr, p.planted_steps, trainable=planted_names)
     (root / "planted" / "planted.json").write_text(json.dumps(
         {"components": p.planted_components, "tensors": planted_names}, indent=2))

@@ -49,20 +49,24 @@ def _batch(rows, pad_id: int):
 
 
 def train(model, tokenizer, items: list[Item], *, steps: int, lr: float, batch_size: int, seed: int,
-          mask_prompt: bool, trainable: Iterable[str] | None = None,
+          mask_prompt: bool, trainable: Iterable[str] | None = None, frozen: Iterable[str] = (),
           progress: Callable[[int, int, float], None] | None = None) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; `trainable` limits training to those parameter names."""
+    """AdamW with linear warm-up and cosine decay; `trainable` limits training to those parameter
+    names, `frozen` leaves those out."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     data = encode(tokenizer, items, mask_prompt)
     names = None if trainable is None else set(trainable)
+    skip = set(frozen)
     params = []
     for name, p in model.named_parameters():
-        p.requires_grad_(names is None or name in names)
+        p.requires_grad_((names is None or name in names) and name not in skip)
         if p.requires_grad:
             params.append(p)
-    if names is not None and len(params) != len(names):
+    if names is not None and len(params) != len(names - skip):
         raise ValueError(f"trainable names not all found: {sorted(names)}")
+    if not skip <= {name for name, _ in model.named_parameters()}:
+        raise ValueError(f"frozen names not all found: {sorted(skip)}")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
