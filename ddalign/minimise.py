@@ -309,10 +309,11 @@ def _select_layers(components: Sequence[str], layers, arch) -> list[str]:
 
 
 def _load_sets(settings: MinimiseSettings, prefix: str = "") -> dict[str, tuple[list, str] | None]:
+    """The search sets (prefix "", cut to `limit` prompts) or the held-out sets ("eval_", whole)."""
     from ddalign.evaluate.runner import resolve_prompts
 
-    return {role: (resolve_prompts(role, getattr(settings, prefix + role), column=settings.column,
-                                   limit=settings.limit)
+    limit = None if prefix else settings.limit
+    return {role: (resolve_prompts(role, getattr(settings, prefix + role), column=settings.column, limit=limit)
                    if getattr(settings, prefix + role) is not None else None)
             for role in ("harmful", "safe", "benign")}
 
