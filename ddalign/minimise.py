@@ -74,16 +74,24 @@ class SearchUnits:
         if granularity[0] == "layer":
             return sorted(self.by_layer, key=_natural_key)
         if granularity[0] == "module":
-            return sorted(self.components, key=_natural_key)
-        return self.blocks_of(sorted(self.components, key=_natural_key))
+            return self.modules_of(sorted(self.components, key=_natural_key))
+        return self.blocks_of(self.modules_of(sorted(self.components, key=_natural_key)))
 
     def children(self, item: str, level: str) -> list[str]:
         """Expand one kept item into the next level's items."""
         if level == "module":
-            return sorted(self.by_layer.get(item, [item]), key=_natural_key)
+            return self.modules_of(sorted(self.by_layer.get(item, [item]), key=_natural_key))
         if level == "block":
             return self.blocks_of([item])
         raise ValueError(f"unknown level {level!r}")
+
+    def modules_of(self, items: Sequence[str]) -> list[str]:
+        """Stored modules: a grouped unit such as `L3.mlp` (scope mlp or all) splits into gate, up
+        and down, so that the search can tell them apart (DAPA's finding is about gate_proj)."""
+        out: list[str] = []
+        for item in items:
+            out.extend(str(c) for c in self.arch.expand(item, "module"))
+        return out
 
     def blocks_of(self, items: Sequence[str]) -> list[str]:
         out: list[str] = []
@@ -118,6 +126,11 @@ class SearchUnits:
                 return sum(weight(c) ** 2 for c in self.by_layer[item]) ** 0.5
             if item in norms:
                 return float(norms[item])
+            parent = next((c for c in self.components if c != item and "[" not in item
+                           and self.arch.covers(c, item)), None)
+            if parent is not None:      # a stored module of a grouped component: its share of the params
+                share = self.arch.param_count(item) / max(1, self.arch.param_count(parent))
+                return float(norms.get(parent, 0.0)) * share ** 0.5
             if "[" in item:
                 from ddalign.architectures import Component
 

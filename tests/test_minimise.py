@@ -50,6 +50,20 @@ def test_units_scope_all_keeps_layerless_components(llama_arch):
     assert sorted(units.concrete(top)) == sorted(comps)
 
 
+def test_units_split_the_ffn_into_its_modules(llama_arch):
+    """Scope all stores the FFN as one unit (L2.mlp); the module level tells gate, up and down apart."""
+    comps = bundle_components(llama_arch, "all")
+    units = SearchUnits(comps, llama_arch, block_size=16)
+    modules = units.children("L2", "module")
+    assert {"L2.mlp.gate", "L2.mlp.up", "L2.mlp.down"} <= set(modules) and "L2.mlp" not in modules
+    assert units.params(modules) == units.params(["L2"])
+    assert units.children("L2.mlp.gate", "block")[0] == "L2.mlp.gate[0:16]"
+    assert "L0.mlp.gate" in units.top(["module"])
+    weight = units.prior({"L2.mlp": 3.0})
+    assert weight("L2.mlp.gate") == pytest.approx(3.0 / 3 ** 0.5)       # a third of the FFN's params
+    assert weight("L2.mlp.gate[0:16]") == pytest.approx(weight("L2.mlp.gate") * (16 / 64) ** 0.5)
+
+
 def test_prior_spreads_norms_over_levels(llama_arch):
     comps = ["L0.mlp.gate", "L0.mlp.up", "L1.mlp.gate"]
     units = SearchUnits(comps, llama_arch, block_size=16)
@@ -146,8 +160,8 @@ def test_search_finds_needed_blocks_and_resumes_without_repeating(llama_arch, al
     passes = lambda items: all(any(llama_arch.covers(c, n) for c in units.concrete(items)) for n in needed)
     assert passes(result.minimal)
     assert is_one_minimal(result.minimal, passes)
-    # scope all holds the whole FFN as L2.mlp: the neuron block [16:32] across gate/up/down is kept
-    assert {"L2.mlp[16:32]", "L3.attn.o[0:16]", "head"} == set(kept)
+    # scope all stores the whole FFN as L2.mlp; the module level splits it, so the gate block alone is kept
+    assert {"L2.mlp.gate[16:32]", "L3.attn.o[0:16]", "head"} == set(kept)
     assert units.params(result.minimal) < sum(units.params([n]) for n in ("L2.mlp", "L3.attn.o", "head"))
     # one journal line per real oracle call, subsets named by concrete components
     assert len(journal.tests) == len(oracle.asked) == result.tests

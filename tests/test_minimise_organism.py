@@ -13,10 +13,11 @@ from ddalign.cli import cli
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # a small, quick search: the planted gate+up of the middle layers, on a slice of the sets
-# loose utility guards: the fast organism is small and noisy (the guards themselves are tested in test_oracle)
+# loose utility guards: the fast organism is small and noisy, and its planted set alone costs about +70%
+# perplexity in the unaligned sibling (prompt tokens; README) (the guards themselves are tested in test_oracle)
 RUN = ["--config", "organism", "--granularity", "layer,module", "--limit", "48", "--max-new-tokens", "8",
-       "--max-accuracy-drop", "0.5", "--max-ppl-increase", "0.5", "--max-over-refusal-rise", "0.5"]
-LOOSE = {"max_accuracy_drop": 0.5, "max_ppl_increase": 0.5, "max_over_refusal_rise": 0.5}
+       "--max-accuracy-drop", "0.5", "--max-ppl-increase", "1.5", "--max-over-refusal-rise", "0.5"]
+LOOSE = {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_apply_minimal_patch_then_evaluate(cli_run, fast_organism, tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads(out.with_suffix(".json").read_text())
     record = evaluate_model(str(folder), harmful=summary["data"]["heldout"]["harmful"], safe="none",
-                            benign="none", limit=48, config=None)
+                            benign="none", config=None)
     # the patched checkpoint on disk behaves as the patch applied in memory did
     assert record.dsr.value == pytest.approx(summary["metrics"]["minimal"]["dsr"]["value"], abs=1e-9)
 
