@@ -169,7 +169,12 @@ def kept_grid(summary: dict) -> tuple[list[str], list[list[float]]]:
     kept = [Component.parse(c) for c in summary.get("kept", [])]
     layered = [c.layer for c in full + kept if c.layer is not None]
     layers = max([int(arch.get("num_layers") or 0)] + [x + 1 for x in layered] + [1])
-    modules = sorted({c.unblocked.module for c in full if c.layer is not None and c.module}) \
+    # rows: the modules of the bundle and of the patch; a group (mlp) gives way to its members
+    # (mlp.gate, mlp.up, ...) when the search kept members of it
+    named = {c.unblocked.module for c in full + kept if c.layer is not None and c.module}
+    split = {m for m in named if any(o.startswith(m + ".") for o in named)}
+    named |= {m for m in arch.get("modules", []) if isinstance(m, str) and any(m.startswith(g + ".") for g in split)}
+    modules = sorted(named - split) \
         or sorted(m for m in arch.get("modules", []) if isinstance(m, str)) or ["layer"]
     extra = sorted({c.unblocked.name for c in full + kept if c.layer is None})
     grid = [[0.0] * layers for _ in range(len(modules) + len(extra))]

@@ -108,6 +108,16 @@ def test_kept_map_shares():
     assert column(3) == [1.0, 1.0, 1.0, 1.0]                               # the whole layer L3
 
 
+def test_kept_map_splits_a_grouped_bundle_module_into_the_kept_members():
+    """A scope-all bundle stores the FFN as L2.mlp; a patch keeps gate/up blocks: rows for each member."""
+    summary = {"full_components": ["L0.mlp", "L1.mlp", "L0.attn.q", "L1.attn.q", "head"],
+               "kept": ["L1.mlp.gate[0:32]", "L1.mlp.up"], "extents": {"L1.mlp.gate": 64},
+               "architecture": {"num_layers": 2, "modules": ["attn.q", "mlp.down", "mlp.gate", "mlp.up"]}}
+    rows, grid = kept_grid(summary)
+    assert rows == ["attn.q", "mlp.down", "mlp.gate", "mlp.up", "head (no layer)"]
+    assert [grid[r][1] for r in range(len(rows))] == [0.0, 0.0, 0.5, 1.0, 0.0]
+
+
 def test_kept_map_without_architecture_or_full_list():
     rows, grid = kept_grid({"kept": ["L5.mlp.gate", "L1.self_attn.q"]})
     assert rows == ["mlp.gate", "self_attn.q"] and len(grid[0]) == 6
