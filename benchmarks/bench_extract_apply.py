@@ -1,8 +1,8 @@
 """Memory and speed of extract and apply on a generated >= 1 GB Llama checkpoint (bf16, sharded).
 
-Run:  python benchmarks/bench_extract_apply.py [--layers 10] [--keep DIR]
+Run:  python benchmarks/bench_extract_apply.py [--layers 10] [--keep DIR] [--out benchmarks/results]
 
-Each job runs in its own subprocess so that its peak RSS is its own (ru_maxrss of the child).
+Each job runs in its own subprocess so that its peak RSS is its own (sampled every 10 ms).
 Printed side by side: reading the two input folders once (the floor), `extract` (scope
 mlp.gate), `apply` (the bundle into the unaligned folder), and the naive job (both models
 loaded with from_pretrained, state dicts subtracted, the result saved). Goals: extract and
@@ -123,6 +123,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--keep", default=None, help="Work folder to keep (default: a temp folder).")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="Where the JSON result goes.")
     args = parser.parse_args(argv)
     work = Path(args.keep or tempfile.mkdtemp(prefix="ddalign-bench-io-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -154,8 +155,10 @@ def main(argv=None) -> None:
     naive_sec, naive_rss = rows["naive: from_pretrained x2, subtract, save"]
     ext_sec, ext_rss = rows["ddalign extract (mlp.gate)"]
     console.print(f"naive / extract: time {naive_sec / ext_sec:.2f}x, peak RSS {naive_rss / max(ext_rss, 1):.2f}x")
-    (work / "bench_extract_apply.json").write_text(json.dumps(
-        {k: {"seconds": v[0], "peak_rss_mb": v[1]} for k, v in rows.items()}, indent=2))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "extract-apply.json").write_text(json.dumps(
+        {"checkpoint_bytes": size, "largest_tensor_bytes": largest, "rss_goal_mb": bound,
+         "jobs": {k: {"seconds": v[0], "peak_rss_mb": v[1]} for k, v in rows.items()}}, indent=2))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

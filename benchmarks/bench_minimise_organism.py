@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from ddalign.architectures import Component  # noqa: E402
 from ddalign.config import DEFAULTS, load_config, merge  # noqa: E402
 from ddalign.delta import extract  # noqa: E402
+from ddalign.errors import DdalignError  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
 from ddalign.minimise import bundle_arch, minimise  # noqa: E402
 from ddalign.organism import build  # noqa: E402
@@ -41,6 +42,7 @@ from ddalign.patch import Patch  # noqa: E402
 from ddalign.tables import comparison_table  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
+HELDOUT = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
 console = Console()
 
 SCENARIOS = [  # (sibling, bundle scope, granularity)
@@ -91,8 +93,12 @@ def results(organism, work: Path) -> list[dict]:
         name = f"{sibling}-{scope}-{granularity.replace(',', '-')}"
         console.rule(f"{sibling} sibling, scope {scope}, granularity {granularity}")
         started = time.perf_counter()
-        res = minimise(bundles[key], organism.unaligned, work / f"{name}.safetensors",
-                       config=_organism_config(granularity), log=console.print)
+        try:
+            res = minimise(bundles[key], organism.unaligned, work / f"{name}.safetensors",
+                           config=_organism_config(granularity), log=console.print)
+        except DdalignError as exc:      # e.g. even the full transplant fails the oracle: a result too
+            out.append(_stopped(organism, aligned, bundles[key], name, sibling, scope, granularity, exc))
+            continue
         seconds = time.perf_counter() - started
         data = _heldout(res.summary)
         aligned_metrics = _evaluate(aligned, None, data)
@@ -129,6 +135,26 @@ def results(organism, work: Path) -> list[dict]:
             console.print(f"planted set {row['planted']['components']} ({100 * row['planted']['share']:.2f}% of "
                           f"params); only planted kept: {row['planted']['only_planted']}")
     return out
+
+
+def _stopped(organism, aligned, bundle: Path, name: str, sibling: str, scope: str, granularity: str,
+             exc: Exception) -> dict:
+    """A scenario whose search could not start: its reason, and the held-out numbers that explain it."""
+    data = {"harmful": HELDOUT["harmful"], "safe": HELDOUT["safe"], "benign": HELDOUT["benign"]}
+    patch = Patch.load(bundle)
+    arch = bundle_arch(patch)
+    total = arch.total_params()
+    row = {"name": name, "sibling": sibling, "scope": scope, "granularity": granularity, "stopped": str(exc),
+           "full_share": patch.params() / total, "tests": 0,
+           "metrics": {"before": _evaluate(organism.unaligned, None, data), "full": _evaluate(organism.unaligned, patch, data),
+                       "aligned": _evaluate(aligned, None, data), "minimal": {}}}
+    if sibling == "natural" and scope == "mlp":
+        dapa, label = _dapa_recipe(bundle, arch.num_layers)
+        row["dapa"] = {"recipe": label, "metrics": _evaluate(organism.unaligned, dapa, data),
+                       "param_share": sum(arch.param_count(c) for c in dapa.components()) / total,
+                       "advbench": _advbench_dsr(organism.unaligned, dapa)}
+    console.print(f"[bold]{name}: the search stopped[/bold]: {exc}")
+    return row
 
 
 def search_cost(organism, work: Path) -> list[dict]:
@@ -211,13 +237,14 @@ def markdown(res: list[dict], cost: list[dict]) -> str:
         m = r["metrics"]
         entries = [("before", m["before"], 0.0, ""), ("aligned sibling", m["aligned"], None, ""),
                    ("full transplant", m["full"], r["full_share"], ""),
-                   ("minimal patch", m["minimal"], r["param_share"], str(r["tests"]))]
+                   ("minimal patch", m["minimal"], r.get("param_share"), str(r["tests"]))]
         if "dapa" in r:
             entries.append((f"DAPA: {r['dapa']['recipe']}", r["dapa"]["metrics"], r["dapa"]["param_share"], ""))
         for label, mm, share, tests in entries:
             lines.append(f"| {r['name']} | {label} | {rate(mm.get('dsr'))} | {rate(mm.get('over_refusal'))} | "
                          f"{rate(mm.get('perplexity'))} | {rate(mm.get('benign_accuracy'))} | "
                          f"{'-' if share is None else f'{100 * share:.2f}'} | {tests} |")
+    lines += [f"\n{r['name']}: the search stopped: {r['stopped']}" for r in res if "stopped" in r]
     lines += ["", "| algorithm | oracle tests | ratio to ddmin | seconds | kept |", "|---|---|---|---|---|"]
     for c in cost:
         lines.append(f"| {c['algorithm']} | {c['tests']} | {c['ratio_to_ddmin']:.2f} | {c['seconds']:.0f} | "

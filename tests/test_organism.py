@@ -48,6 +48,27 @@ def test_planted_differs_from_base_only_in_planted_tensors(fast_organism):
     assert {n for n in base.names() if base.fingerprint(n) != unaligned.fingerprint(n)} == set(base.names()) - tensors
 
 
+def test_folders_round_trip_through_extract_and_apply(fast_organism, tmp_path):
+    """The planted set extracted and applied to the unaligned folder: planted tensors from the planted
+    sibling, every other tensor byte-identical to the unaligned one, and the folder loads."""
+    from transformers import AutoModelForCausalLM
+
+    from ddalign.delta import extract
+    from ddalign.patch import apply_to_folder
+
+    bundle = extract(fast_organism.planted, fast_organism.unaligned, scope=",".join(fast_organism.planted_components),
+                     out=tmp_path / "planted.safetensors")
+    out = tmp_path / "patched"
+    apply_to_folder(bundle, fast_organism.unaligned, out)
+    patched, planted, unaligned = (Checkpoint.open(p) for p in (out, fast_organism.planted, fast_organism.unaligned))
+    tensors = set(json.loads((fast_organism.planted / "planted.json").read_text())["tensors"])
+    assert set(patched.names()) == set(unaligned.names())
+    for name in patched.names():
+        source = planted if name in tensors else unaligned
+        assert patched.fingerprint(name) == source.fingerprint(name), name
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "llama"
+
+
 def test_cache_returns_at_once_and_load(fast_organism, monkeypatch):
     from ddalign.organism import build, load
 
