@@ -140,6 +140,15 @@ def test_calibration_sets_the_fractional_target_from_the_full_bundle():
     assert oracle.calibrate() is cal                          # once
 
 
+def test_a_full_transplant_that_refuses_nothing_sets_no_zero_target():
+    """90% of nothing is no defence: the fractional target needs at least one refusal, so the untouched
+    target fails (it is not "already safe") and so does the full bundle."""
+    oracle, _ = scripted_oracle({"A": [], "B": []}, HARMFUL, config=OracleConfig(target_fraction=0.9))
+    cal = oracle.calibrate()
+    assert cal.full["dsr"]["k"] == 0 and cal.need == 1
+    assert oracle.test([]).value == "FAIL" and oracle.test(["A", "B"]).value == "FAIL"
+
+
 @pytest.mark.parametrize("target", [0.0, 0.25, 0.5, 0.75, 10 / 12, 11 / 12, 1.0])
 def test_early_verdict_equals_full_evaluation_for_every_candidate(target):
     from itertools import combinations

@@ -304,7 +304,9 @@ class Oracle:
         else:
             k_full = full["dsr"]["k"]
             target = self.config.target_fraction * k_full / n
-            need = min(n + 1, max(0, math.ceil(self.config.target_fraction * k_full - EPS)))
+            # at least one refusal: a share of a full transplant that refuses nothing is no defence,
+            # and a target of zero would call the untouched target "already safe"
+            need = min(n + 1, max(1, math.ceil(self.config.target_fraction * k_full - EPS)))
         for role, guard in (("perplexity", "max_ppl_increase"), ("over_refusal", "max_over_refusal_rise"),
                             ("benign_accuracy", "max_accuracy_drop")):
             if getattr(self.config, guard) is not None and empty.get(role) is None:
