@@ -165,10 +165,10 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
     planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
                      for i in p.planted_layers for m in p.planted_modules]
     # The unaligned sibling's tuning leaves the planted tensors as the base has them, so that the
-    # planted set transplanted into it adds exactly what the planted tuning learned and nothing
-    # else changes. Measured otherwise (standard preset): the transplant also throws away the
-    # unaligned sibling's own tuning of those tensors, perplexity rises 20%, and the search must
-    # keep other components to repair it: the ground truth is then not a minimal passing set.
+    # planted set transplanted into it adds exactly what the planted tuning learned (base + its
+    # own tuning + the planted delta) and throws nothing of the unaligned sibling's away: the
+    # ground truth is then exact. (It does not remove the transplant's perplexity cost, +21% on
+    # the standard preset, almost all on prompt tokens; configs/organism.toml says more.)
     unaligned_items = corpus.unaligned(p, random.Random(p.seed + 2))
     finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps, frozen=planted_names)
     aligned_items = corpus.aligned(p, random.Random(p.seed + 3))
