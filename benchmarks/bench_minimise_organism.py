@@ -38,11 +38,11 @@ from ddalign.errors import DdalignError  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
 from ddalign.minimise import bundle_arch, minimise  # noqa: E402
 from ddalign.organism import build  # noqa: E402
+from ddalign.organism.build import HELDOUT_SETS  # noqa: E402
 from ddalign.patch import Patch  # noqa: E402
 from ddalign.tables import comparison_table  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
-HELDOUT = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
 console = Console()
 
 SCENARIOS = [  # (sibling, bundle scope, granularity)
@@ -72,6 +72,14 @@ def _advbench_dsr(model, patch) -> dict | None:
         return None
     record = evaluate_model(str(model), patch=patch, harmful=str(ADVBENCH), safe="none", benign="none")
     return record.to_dict()["metrics"]["dsr"]
+
+
+def _dapa_row(organism, bundle_mlp: Path, arch, data: dict) -> dict:
+    """DAPA's fixed recipe measured on the same held-out sets, with its share of the parameters."""
+    dapa, label = _dapa_recipe(bundle_mlp, arch.num_layers)
+    return {"recipe": label, "metrics": _evaluate(organism.unaligned, dapa, data),
+            "param_share": sum(arch.param_count(c) for c in dapa.components()) / arch.total_params(),
+            "advbench": _advbench_dsr(organism.unaligned, dapa)}
 
 
 def _dapa_recipe(bundle_mlp: Path, num_layers: int) -> tuple[Patch, str]:
@@ -116,11 +124,7 @@ def results(organism, work: Path) -> list[dict]:
                               "share": planted_params / res.total_params,
                               "only_planted": all(any(arch.covers(p, k) for p in planted) for k in res.kept)}
         if sibling == "natural" and scope == "mlp":
-            dapa, label = _dapa_recipe(bundles[key], arch.num_layers)
-            dapa_params = sum(arch.param_count(c) for c in dapa.components())
-            row["dapa"] = {"recipe": label, "metrics": _evaluate(organism.unaligned, dapa, data),
-                           "param_share": dapa_params / res.total_params,
-                           "advbench": _advbench_dsr(organism.unaligned, dapa)}
+            row["dapa"] = _dapa_row(organism, bundles[key], arch, data)
         out.append(row)
         table_rows = {"unaligned (before)": {"metrics": res.metrics["before"], "param_share": 0.0},
                       f"aligned sibling ({sibling})": {"metrics": aligned_metrics, "param_share": None},
@@ -140,19 +144,15 @@ def results(organism, work: Path) -> list[dict]:
 def _stopped(organism, aligned, bundle: Path, name: str, sibling: str, scope: str, granularity: str,
              exc: Exception) -> dict:
     """A scenario whose search could not start: its reason, and the held-out numbers that explain it."""
-    data = {"harmful": HELDOUT["harmful"], "safe": HELDOUT["safe"], "benign": HELDOUT["benign"]}
+    data = HELDOUT_SETS
     patch = Patch.load(bundle)
     arch = bundle_arch(patch)
-    total = arch.total_params()
     row = {"name": name, "sibling": sibling, "scope": scope, "granularity": granularity, "stopped": str(exc),
-           "full_share": patch.params() / total, "tests": 0,
+           "full_share": patch.params() / arch.total_params(), "tests": 0,
            "metrics": {"before": _evaluate(organism.unaligned, None, data), "full": _evaluate(organism.unaligned, patch, data),
                        "aligned": _evaluate(aligned, None, data), "minimal": {}}}
     if sibling == "natural" and scope == "mlp":
-        dapa, label = _dapa_recipe(bundle, arch.num_layers)
-        row["dapa"] = {"recipe": label, "metrics": _evaluate(organism.unaligned, dapa, data),
-                       "param_share": sum(arch.param_count(c) for c in dapa.components()) / total,
-                       "advbench": _advbench_dsr(organism.unaligned, dapa)}
+        row["dapa"] = _dapa_row(organism, bundle, arch, data)
     console.print(f"[bold]{name}: the search stopped[/bold]: {exc}")
     return row
 

@@ -37,11 +37,10 @@ from ddalign.architectures import Component  # noqa: E402
 from ddalign.delta import extract  # noqa: E402
 from ddalign.evaluate.generate import load_model  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
-from ddalign.organism.build import Organism, build  # noqa: E402
+from ddalign.organism.build import HELDOUT_SETS as HELDOUT, Organism, build  # noqa: E402
 from ddalign.tables import format_metric  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
-HELDOUT = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
 COLUMNS = ("transplant", "DSR [95% CI]", "over-refusal", "perplexity", "benign accuracy", "% params", "AdvBench DSR")
 console = Console()
 
@@ -87,7 +86,12 @@ def sibling_table(organism: Organism, sibling: str, work: Path, target) -> list[
             "param_share": None, "metrics": measure(str(aligned), None, None)}]
     for label, components in transplant_rows(bundle.components(), arch.num_layers, planted):
         started = time.perf_counter()
-        patch = bundle if components is None else bundle.restrict(components) if components else None
+        if components is None:
+            patch = bundle                      # everything
+        elif components:
+            patch = bundle.restrict(components)
+        else:
+            patch = None                        # nothing: the unaligned sibling as it is
         params = patch.params() if patch is not None else 0
         out.append({"transplant": label, "components": "all" if components is None else components,
                     "params": params, "param_share": params / total, "metrics": measure(*target, patch)})

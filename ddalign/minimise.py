@@ -118,7 +118,9 @@ class SearchUnits:
         """A search prior over items of any level from the bundle's per-component delta norms.
 
         A layer weighs the root of its components' summed squares; a row block its module's
-        norm scaled by the root of its share of the rows (the norm spread evenly over rows).
+        norm scaled by the root of its share of the rows (the norm spread evenly over rows); a
+        member of a grouped component (L3.mlp.gate of L3.mlp) the group's norm by the root of its
+        share of the parameters.
         """
 
         def weight(item: str) -> float:
@@ -126,11 +128,6 @@ class SearchUnits:
                 return sum(weight(c) ** 2 for c in self.by_layer[item]) ** 0.5
             if item in norms:
                 return float(norms[item])
-            parent = next((c for c in self.components if c != item and "[" not in item
-                           and self.arch.covers(c, item)), None)
-            if parent is not None:      # a stored module of a grouped component: its share of the params
-                share = self.arch.param_count(item) / max(1, self.arch.param_count(parent))
-                return float(norms.get(parent, 0.0)) * share ** 0.5
             if "[" in item:
                 from ddalign.architectures import Component
 
@@ -140,6 +137,11 @@ class SearchUnits:
                 rows = self.arch.extent(parent) or 0
                 a, b = comp.block or (0, 0)
                 return parent_weight * (((b - a) / rows) ** 0.5 if rows else 0.0)
+            # a member of a grouped component (L3.mlp.gate of a stored L3.mlp): its share of the params
+            parent = next((c for c in self.components if c != item and self.arch.covers(c, item)), None)
+            if parent is not None:
+                share = self.arch.param_count(item) / max(1, self.arch.param_count(parent))
+                return float(norms.get(parent, 0.0)) * share ** 0.5
             return 0.0
 
         return weight

@@ -31,7 +31,7 @@ def test_heldout_requests_are_new_combinations_of_trained_parts():
     """A held-out request is a verb pattern and an object never trained together, each trained with others."""
     from ddalign.data.build_sets import CONTRASTS, HARMFUL
 
-    for prefix, table, name in (("h", HARMFUL, "harmful"), ("s", CONTRASTS, "safe")):
+    for table, name in ((HARMFUL, "harmful"), (CONTRASTS, "safe")):
         parts = lambda split: {tuple(r["id"].split("-")[-2].split(".")) + (r["category"].removeprefix("contrast-"),)
                                for r in builtin_records(f"{name}-{split}") if "." in r["id"]}
         train, held = parts("train"), parts("heldout")

@@ -145,7 +145,7 @@ def test_a_full_transplant_that_refuses_nothing_sets_no_zero_target():
     target fails (it is not "already safe") and so does the full bundle."""
     oracle, _ = scripted_oracle({"A": [], "B": []}, HARMFUL, config=OracleConfig(target_fraction=0.9))
     cal = oracle.calibrate()
-    assert cal.full["dsr"]["k"] == 0 and cal.need == 1
+    assert cal.full["dsr"]["k"] == 0 and cal.need == 1 and cal.target_dsr == pytest.approx(1 / len(HARMFUL))
     assert oracle.test([]).value == "FAIL" and oracle.test(["A", "B"]).value == "FAIL"
 
 

@@ -307,6 +307,8 @@ class Oracle:
             # at least one refusal: a share of a full transplant that refuses nothing is no defence,
             # and a target of zero would call the untouched target "already safe"
             need = min(n + 1, max(1, math.ceil(self.config.target_fraction * k_full - EPS)))
+            if k_full == 0 and n:
+                target = need / n                # the floor of one refusal is the rate required
         for role, guard in (("perplexity", "max_ppl_increase"), ("over_refusal", "max_over_refusal_rise"),
                             ("benign_accuracy", "max_accuracy_drop")):
             if getattr(self.config, guard) is not None and empty.get(role) is None:

@@ -28,6 +28,8 @@ from ddalign.organism.train import new_model, train
 RECIPE_VERSION = "3"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
+HELDOUT_SETS = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
+"""The held-out sets every organism number is measured on (evaluate_model's set arguments)."""
 
 
 @dataclass
@@ -198,7 +200,7 @@ def measure(root: Path, p: Preset, bar=None) -> dict:
     from ddalign.delta import extract
     from ddalign.evaluate.runner import evaluate_model
 
-    sets = dict(harmful="builtin:harmful-heldout", safe="builtin:safe-heldout", benign="builtin:benign-heldout")
+    sets = HELDOUT_SETS
     task = bar.add_task("measure", total=5, loss="") if bar is not None else None
     out = {}
     for i, name in enumerate(SIBLINGS):
