@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import struct
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -26,6 +28,7 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+CHUNK = 16 << 20          # bytes per read: large enough for full speed, small against any tensor
 
 _DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -90,6 +93,18 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, start
 
 
+def _infos(files: Iterable[Path]) -> dict[str, TensorInfo]:
+    infos: dict[str, TensorInfo] = {}
+    for file in files:
+        header, start = read_header(file)
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            a, b = meta["data_offsets"]
+            infos[name] = TensorInfo(name, tuple(meta["shape"]), meta["dtype"], str(file), start + a, start + b)
+    return infos
+
+
 class Checkpoint:
     """A Hugging Face folder (or one .safetensors file) read lazily, tensor by tensor."""
 
@@ -98,7 +113,7 @@ class Checkpoint:
         self._infos = infos
         self.config = config
         self._pickled = pickled
-        self._handles: dict[str, object] = {}
+        self._fds: dict[str, int] = {}
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
@@ -119,15 +134,13 @@ class Checkpoint:
                 raise DdalignError(f"{folder / 'config.json'}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if files and files[0].suffix in PICKLE_SUFFIXES:
             return cls._open_pickle(folder, files, config)
-        infos: dict[str, TensorInfo] = {}
-        for file in files:
-            header, start = read_header(file)
-            for name, meta in header.items():
-                if name == "__metadata__":
-                    continue
-                a, b = meta["data_offsets"]
-                infos[name] = TensorInfo(name, tuple(meta["shape"]), meta["dtype"], str(file), start + a, start + b)
-        return cls(folder, infos, config)
+        return cls(folder, _infos(files), config)
+
+    @classmethod
+    def open_file(cls, path) -> "Checkpoint":
+        """One .safetensors file on its own (a patch): no config, no folder around it."""
+        path = Path(path)
+        return cls(path, _infos([path]), {})
 
     @staticmethod
     def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
@@ -185,18 +198,52 @@ class Checkpoint:
         return name in self._infos
 
     # --- reading -------------------------------------------------------------------------------
-    def _handle(self, file: str):
-        if file not in self._handles:
-            from safetensors import safe_open
+    # Positional reads into memory the tensor owns, not safetensors' memory map: a mapped file's
+    # touched pages count in the process's RSS until it exits, so streaming a model through a
+    # map grows RSS by the model's size; read into owned buffers, memory is freed per tensor.
 
-            self._handles[file] = safe_open(file, framework="pt", device="cpu")
-        return self._handles[file]
+    def _fd(self, file: str) -> int:
+        if file not in self._fds:
+            self._fds[file] = os.open(file, os.O_RDONLY)
+        return self._fds[file]
 
-    def get(self, name: str) -> torch.Tensor:
+    def _read_into(self, info: TensorInfo, buffer: memoryview, offset: int, digest=None) -> None:
+        """Fill `buffer` with the tensor's stored bytes from `offset` on (relative to its start)."""
+        fd, done = self._fd(info.file), 0
+        while done < len(buffer):
+            part = buffer[done:done + CHUNK]
+            n = os.preadv(fd, [part], info.begin + offset + done)
+            if n <= 0:
+                raise DdalignError(f"{info.file}: truncated inside tensor {info.name}")
+            if digest is not None:
+                digest.update(part[:n])
+            done += n
+
+    def _read_tensor(self, info: TensorInfo, digest=None, into: torch.Tensor | None = None) -> torch.Tensor:
+        if into is not None and into.numel() < info.nbytes:
+            raise ValueError(f"buffer of {into.numel()} bytes for {info.name} ({info.nbytes} bytes)")
+        data = torch.empty(info.nbytes, dtype=torch.uint8) if into is None else into[:info.nbytes]
+        if info.nbytes:
+            self._read_into(info, memoryview(data.numpy()), 0, digest)
+        return data.view(torch_dtype(info.dtype)).reshape(info.shape)
+
+    def get(self, name: str, into: torch.Tensor | None = None) -> torch.Tensor:
+        """One tensor, read into memory of its own, or into `into` (uint8, at least the tensor's
+        bytes: a buffer reused from tensor to tensor)."""
         info = self.info(name)
         if self._pickled is not None:
-            return self._pickled[name]
-        return self._handle(info.file).get_tensor(name)
+            return self._pickled[name].clone()
+        return self._read_tensor(info, into=into)
+
+    def get_fingerprinted(self, name: str, into: torch.Tensor | None = None) -> tuple[torch.Tensor, str]:
+        """One tensor and its fingerprint from a single read; `into` (uint8, at least the tensor's
+        bytes) is a buffer to reuse, so that streaming many tensors keeps one allocation."""
+        info = self.info(name)
+        if self._pickled is not None:
+            return self._pickled[name].clone(), self.fingerprint(name)
+        digest = hashlib.sha256()
+        tensor = self._read_tensor(info, digest, into)
+        return tensor, digest.hexdigest()
 
     def get_slice(self, name: str, dim: int | None, start: int = 0, stop: int = 0) -> torch.Tensor:
         """Rows (dim 0) or columns (dim 1) start:stop of one tensor, reading only those bytes where possible."""
@@ -206,42 +253,65 @@ class Checkpoint:
         if not 0 <= start <= stop <= info.shape[dim]:
             raise DdalignError(f"{name}: slice {start}:{stop} along dim {dim} outside shape {list(info.shape)}")
         if self._pickled is not None:
-            return self._pickled[name].narrow(dim, start, stop - start)
-        index = tuple([slice(None)] * dim + [slice(start, stop)])
-        return self._handle(info.file).get_slice(name)[index]
+            return self._pickled[name].narrow(dim, start, stop - start).clone()
+        dtype = torch_dtype(info.dtype)
+        shape = list(info.shape)
+        outer = math.prod(shape[:dim])
+        inner = math.prod(shape[dim + 1:]) * dtype.itemsize       # bytes per index along dim
+        out = torch.empty(outer, (stop - start) * inner, dtype=torch.uint8)
+        if dim == 0 or stop - start == shape[dim]:                  # contiguous bytes: read them
+            if out.numel():
+                self._read_into(info, memoryview(out.numpy()).cast("B"), start * inner)
+        elif out.numel():                                           # strided: a band of rows at a time
+            row = shape[dim] * inner
+            band = max(1, CHUNK // max(row, 1))
+            buffer = torch.empty(min(band, outer) * row, dtype=torch.uint8)
+            for first in range(0, outer, band):
+                count = min(band, outer - first)
+                chunk = buffer[:count * row]
+                self._read_into(info, memoryview(chunk.numpy()), first * row)
+                out[first:first + count] = chunk.view(count, row)[:, start * inner:stop * inner]
+        shape[dim] = stop - start
+        return out.reshape(-1).view(dtype).reshape(shape)
 
     def raw(self, name: str) -> bytes:
-        """The stored bytes of one tensor (exact copies and fingerprints)."""
+        """The stored bytes of one tensor (exact comparisons; writers copy with `source`)."""
         info = self.info(name)
         if self._pickled is not None:
             return tensor_bytes(self._pickled[name])
-        with open(info.file, "rb") as f:
-            f.seek(info.begin)
-            return f.read(info.nbytes)
+        data = bytearray(info.nbytes)
+        if info.nbytes:
+            self._read_into(info, memoryview(data), 0)
+        return bytes(data)
+
+    def source(self, name: str) -> "FileRange | torch.Tensor":
+        """What a writer needs to copy the tensor unchanged: its bytes' place in a file (copied by
+        the kernel, never through Python memory), or the tensor itself for pickle checkpoints."""
+        info = self.info(name)
+        if self._pickled is not None:
+            return self._pickled[name]
+        return FileRange(info.file, info.begin, info.nbytes)
 
     def fingerprint(self, name: str) -> str:
-        """sha256 of the tensor's stored bytes, read in chunks."""
+        """sha256 of the tensor's stored bytes, read in chunks into one reused buffer."""
         info = self.info(name)
         digest = hashlib.sha256()
         if self._pickled is not None:
             digest.update(tensor_bytes(self._pickled[name]))
             return digest.hexdigest()
-        with open(info.file, "rb") as f:
-            f.seek(info.begin)
-            left = info.nbytes
-            while left:
-                chunk = f.read(min(left, 16 << 20))
-                if not chunk:
-                    raise DdalignError(f"{info.file}: truncated inside tensor {name}")
-                digest.update(chunk)
-                left -= len(chunk)
+        buffer = memoryview(bytearray(min(CHUNK, info.nbytes)))
+        for offset in range(0, info.nbytes, CHUNK):
+            part = buffer[:min(CHUNK, info.nbytes - offset)]
+            self._read_into(info, part, offset, digest)
         return digest.hexdigest()
 
     def fingerprints(self, names: Iterable[str] | None = None) -> dict[str, str]:
         return {n: self.fingerprint(n) for n in (self.names() if names is None else names)}
 
     def close(self) -> None:
-        self._handles.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> "Checkpoint":
         return self
@@ -249,13 +319,60 @@ class Checkpoint:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """The bytes safetensors stores for a tensor (row-major, little-endian)."""
+
+def tensor_buffer(tensor: torch.Tensor) -> memoryview:
+    """The bytes safetensors stores for a tensor (row-major, little-endian), without a copy
+    when the tensor is already contiguous on the CPU."""
     t = tensor.detach().to("cpu").contiguous()
     if t.numel() == 0:
-        return b""
-    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor_buffer(tensor).tobytes()
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """Bytes to copy unchanged from a file: a writer hands them to the kernel (copy_file_range)."""
+
+    file: str
+    offset: int
+    nbytes: int
+
+
+def _copy_range(src: FileRange, out, sources: dict) -> None:
+    """Copy in the kernel. Source files stay open from range to range (`sources`): a fresh open
+    restarts the kernel's readahead, and a cold copy tensor by tensor then crawls."""
+    out.flush()
+    if src.file not in sources:
+        sources[src.file] = open(src.file, "rb")
+    f, done = sources[src.file], 0
+    while done < src.nbytes:
+        try:
+            n = os.copy_file_range(f.fileno(), out.fileno(), src.nbytes - done, src.offset + done)
+        except (AttributeError, OSError):      # no copy_file_range here (other OS, filesystems)
+            break
+        if n == 0:
+            break
+        done += n
+    if done < src.nbytes:                      # copy through user space, a chunk at a time
+        f.seek(src.offset + done)
+        while done < src.nbytes:
+            chunk = f.read(min(CHUNK, src.nbytes - done))
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+    if done != src.nbytes:
+        raise DdalignError(f"{src.file}: truncated ({done} of {src.nbytes} bytes at offset {src.offset} readable)")
 
 
 def parse_size(text: str | int) -> int:
@@ -292,7 +409,7 @@ class TensorSpec:
         return size * torch.tensor([], dtype=torch_dtype(self.dtype)).element_size()
 
 
-Producer = Callable[[str], "torch.Tensor | bytes"]
+Producer = Callable[[str], "torch.Tensor | bytes | FileRange"]
 
 
 def _header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None, reserve: int = 0) -> bytes:
@@ -312,17 +429,21 @@ def _header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None, 
 
 def write_safetensors(path, specs: Sequence[TensorSpec], produce: Producer, *,
                       metadata: dict[str, str] | None = None,
-                      final_metadata: Callable[[], dict[str, str]] | None = None, reserve: int = 0) -> Path:
+                      final_metadata: Callable[[], dict[str, str]] | None = None, reserve: int = 0,
+                      sync: bool = True) -> Path:
     """Write one safetensors file tensor by tensor (header first), atomically.
 
     `final_metadata`, when given, replaces the metadata after every tensor is written (for
     statistics gathered while streaming); `reserve` bytes of header space make room for it.
+    `sync=False` leaves the fsync before the rename to the caller (a folder writer syncs shards
+    in the background while it writes the next).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if len({s.name for s in specs}) != len(specs):
         raise DdalignError(f"{path}: duplicate tensor names")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    sources: dict = {}
     try:
         with os.fdopen(fd, "wb") as f:
             header = _header_bytes(specs, metadata, reserve)
@@ -330,11 +451,16 @@ def write_safetensors(path, specs: Sequence[TensorSpec], produce: Producer, *,
             f.write(header)
             for spec in specs:
                 data = produce(spec.name)
+                if isinstance(data, FileRange):
+                    if data.nbytes != spec.nbytes:
+                        raise DdalignError(f"{spec.name}: {data.nbytes} bytes to copy, expected {spec.nbytes}")
+                    _copy_range(data, f, sources)
+                    continue
                 if isinstance(data, torch.Tensor):
                     if tuple(data.shape) != tuple(spec.shape) or dtype_code(data.dtype) != spec.dtype:
                         raise DdalignError(f"{spec.name}: produced {list(data.shape)} {dtype_code(data.dtype)}, "
                                            f"expected {list(spec.shape)} {spec.dtype}")
-                    data = tensor_bytes(data)
+                    data = tensor_buffer(data)
                 if len(data) != spec.nbytes:
                     raise DdalignError(f"{spec.name}: {len(data)} bytes produced, expected {spec.nbytes}")
                 f.write(data)
@@ -345,18 +471,28 @@ def write_safetensors(path, specs: Sequence[TensorSpec], produce: Producer, *,
                 f.seek(8)
                 f.write(new + b" " * (len(header) - len(new)))
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if sync:
+            _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        for source in sources.values():
+            source.close()
     return path
 
 
 def save_file_atomic(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> Path:
     specs = [TensorSpec(n, tuple(t.shape), dtype_code(t.dtype)) for n, t in tensors.items()]
     return write_safetensors(path, specs, lambda n: tensors[n], metadata=metadata)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -406,8 +542,13 @@ def write_checkpoint(out_dir, specs: Sequence[TensorSpec], produce: Producer, *,
         names = ([SINGLE] if len(shards) == 1 else
                  [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
         meta = {"format": "pt", **(metadata or {})}
-        for name, shard in zip(names, shards):
-            write_safetensors(tmp / name, shard, produce, metadata=meta)
+        with ThreadPoolExecutor(1, thread_name_prefix="ddalign-fsync") as syncer:
+            synced = []
+            for name, shard in zip(names, shards):
+                write_safetensors(tmp / name, shard, produce, metadata=meta, sync=False)
+                synced.append(syncer.submit(_fsync_file, tmp / name))   # while the next shard is written
+            for job in synced:
+                job.result()
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
                      "weight_map": {s.name: name for name, shard in zip(names, shards) for s in shard}}
@@ -419,8 +560,8 @@ def write_checkpoint(out_dir, specs: Sequence[TensorSpec], produce: Producer, *,
                 if item.is_file() and not _is_weight_file(item) and not item.name.startswith("."):
                     shutil.copy2(item, tmp / item.name)
         for item in tmp.iterdir():
-            with open(item, "rb") as f:
-                os.fsync(f.fileno())
+            if item.name not in names:
+                _fsync_file(item)
         if out.exists():
             backup = out.with_name(f".{out.name}.old")
             shutil.rmtree(backup, ignore_errors=True)

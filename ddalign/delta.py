@@ -6,7 +6,9 @@ first look at where alignment lives.
 """
 from __future__ import annotations
 
+import json
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,6 +22,8 @@ from ddalign.errors import DdalignError
 from ddalign.patch import FORMAT, META_KEY, Patch, _keys
 
 Progress = Callable[[int, int], None]     # (done, total) components
+STATS_CHUNK = 1 << 22                     # elements per float32 statistics step (16 MB temporaries)
+PENDING = "0" * 64                        # a fingerprint's place in the header until it is read
 
 
 @dataclass
@@ -30,18 +34,23 @@ class _Stats:
     dot: float = 0.0
     params: int = 0
 
-    def add(self, a: torch.Tensor, u: torch.Tensor) -> None:
-        # float32 dot products (BLAS) per slice, summed in Python floats: the difference is taken
-        # before squaring, so a small fine-tuning delta keeps its precision. Fresh copies: BLAS sums
-        # in an order that depends on the data's alignment, which differs between a single file and
-        # shards (memory-mapped offsets), and the bundle must not.
-        af = a.reshape(-1).to(torch.float32, copy=True)
-        uf = u.reshape(-1).to(torch.float32, copy=True)
-        d = af - uf
-        self.diff2 += float(torch.dot(d, d))
-        self.u2 += float(torch.dot(uf, uf))
-        self.a2 += float(torch.dot(af, af))
-        self.dot += float(torch.dot(af, uf))
+    def add(self, a: torch.Tensor, u: torch.Tensor, scratch: "Scratch") -> None:
+        # float32 dot products (BLAS) in fixed chunks, summed in Python floats: the difference is
+        # taken before squaring, so a small fine-tuning delta keeps its precision. The chunks are
+        # copied into the same three float32 buffers every time: no allocation per tensor, and
+        # BLAS, whose summation order depends on the data's alignment in memory, always sees the
+        # same alignment, so the bundle does not depend on where a tensor sat in its file.
+        a, u = a.reshape(-1), u.reshape(-1)
+        for start in range(0, a.numel(), STATS_CHUNK):
+            n = min(STATS_CHUNK, a.numel() - start)
+            af, uf, d = (buf[:n] for buf in scratch.buffers)
+            af.copy_(a[start:start + n])
+            uf.copy_(u[start:start + n])
+            torch.sub(af, uf, out=d)
+            self.diff2 += float(torch.dot(d, d))
+            self.u2 += float(torch.dot(uf, uf))
+            self.a2 += float(torch.dot(af, af))
+            self.dot += float(torch.dot(af, uf))
         self.params += a.numel()
 
     def as_dict(self) -> dict:
@@ -50,6 +59,13 @@ class _Stats:
         return {"params": self.params, "delta_norm": delta,
                 "rel_delta": delta / norm_u if norm_u else (0.0 if delta == 0 else math.inf),
                 "cosine": self.dot / (norm_a * norm_u) if norm_a and norm_u else (1.0 if delta == 0 else 0.0)}
+
+
+class Scratch:
+    """float32 buffers for the statistics (one set per summing thread)."""
+
+    def __init__(self, size: int = STATS_CHUNK):
+        self.buffers = tuple(torch.empty(size, dtype=torch.float32) for _ in range(3))
 
 
 def check_pair(a: Checkpoint, u: Checkpoint) -> None:
@@ -86,23 +102,53 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     stats = {c: _Stats() for c in components}
     tensors = list(dict.fromkeys(s.tensor for c in components for s in slices[c]))
     dtypes = sorted({a.info(t).dtype for t in tensors})
+    # Each tensor in scope is read once per model: hashed for the manifest's fingerprints while it
+    # is read, and cut into the bundle's slices. The header is written first with placeholder
+    # fingerprints of the same length, completed when the last tensor is through.
+    prints = {"aligned": dict.fromkeys(tensors, PENDING), "unaligned": dict.fromkeys(tensors, PENDING)}
     manifest = {
         "format": FORMAT, "kind": "bundle", "tool_version": __version__,
         "architecture": {**arch.describe(), "config": a.config,
                          "shapes": {n: list(s) for n, s in a.shapes().items()}},
         "scope": scope, "layers": format_layers(layer_list), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-        "aligned": {"path": str(aligned), "fingerprints": a.fingerprints(tensors)},
-        "unaligned": {"path": str(unaligned), "fingerprints": u.fingerprints(tensors)},
+        "aligned": {"path": str(aligned), "fingerprints": prints["aligned"]},
+        "unaligned": {"path": str(unaligned), "fingerprints": prints["unaligned"]},
         "components": {c: {"slices": [s.as_list() for s in slices[c]]} for c in components},
     }
     done: set[str] = set()
     counts = {c: len(slices[c]) for c in components}
+    current: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}   # the one tensor pair in memory
+    # Two threads read (and hash) the aligned and unaligned tensor side by side, into two buffers
+    # reused for every tensor; one more thread sums the statistics of a slice while the writer
+    # writes it. Reading the next pair waits for those sums (and the writer has written the slice
+    # before it asks for the next), so the buffers are free; the sums run in order, reproducibly.
+    readers = ThreadPoolExecutor(2, thread_name_prefix="ddalign-read")
+    summer = ThreadPoolExecutor(1, thread_name_prefix="ddalign-stats")
+    pending: list[Future] = []
+    scratch = Scratch(min(STATS_CHUNK, max(math.prod(spec.shape) for spec in specs)))
+    largest = max(a.info(t).nbytes for t in tensors)
+    buffers = (torch.empty(largest, dtype=torch.uint8), torch.empty(largest, dtype=torch.uint8))
+
+    def settle() -> None:
+        for job in pending:
+            job.result()
+        pending.clear()
+
+    def pair(tensor: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if tensor not in current:
+            settle()
+            current.clear()
+            ja = readers.submit(a.get_fingerprinted, tensor, buffers[0])
+            ju = readers.submit(u.get_fingerprinted, tensor, buffers[1])
+            (va, fa), (vu, fu) = ja.result(), ju.result()
+            prints["aligned"][tensor], prints["unaligned"][tensor] = fa, fu
+            current[tensor] = (va, vu)
+        return current[tensor]
 
     def produce(key: str) -> torch.Tensor:
         comp, s = plan[key]
-        va = a.get_slice(s.tensor, s.dim, s.start, s.stop)
-        vu = u.get_slice(s.tensor, s.dim, s.start, s.stop)
-        stats[comp].add(va, vu)
+        va, vu = (s.take(t) for t in pair(s.tensor))
+        pending.append(summer.submit(stats[comp].add, va, vu, scratch))
         counts[comp] -= 1
         if counts[comp] == 0:
             done.add(comp)
@@ -111,21 +157,25 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         return va
 
     def final() -> dict[str, str]:
+        settle()
+        current.clear()
         for c in components:
             manifest["components"][c].update(stats[c].as_dict())
         return {META_KEY: _dumps(manifest)}
 
-    import json
-
     reserve = 160 * len(components) + 256
-    write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
-                      reserve=reserve)
+    try:
+        write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
+                          reserve=reserve)
+    finally:
+        readers.shutdown(cancel_futures=True)
+        summer.shutdown(cancel_futures=True)
+        a.close()
+        u.close()
     return Patch.load(out)
 
 
 def _dumps(manifest: dict) -> str:
-    import json
-
     def clean(x):
         if isinstance(x, float) and not math.isfinite(x):
             return None

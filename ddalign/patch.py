@@ -13,13 +13,14 @@ import fnmatch
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from ddalign.architectures import ArchitectureMap, Component, TensorSlice
-from ddalign.checkpoint import Checkpoint, TensorSpec, dtype_code, write_checkpoint, write_safetensors
+from ddalign.checkpoint import Checkpoint, TensorSpec, dtype_code, read_header, write_checkpoint, write_safetensors
 from ddalign.errors import DdalignError
 
 FORMAT = "ddalign.patch/1"
@@ -28,9 +29,24 @@ META_KEY = "ddalign"
 
 @dataclass
 class PatchEntry:
+    """One stored slice. Values loaded from a patch file are read on first use, so that streaming
+    a large patch into a folder never holds all of it."""
+
     component: str
     slice: TensorSlice
-    values: torch.Tensor
+    _values: torch.Tensor | None = None
+    _load: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def values(self) -> torch.Tensor:
+        if self._values is None:
+            self._values = self._load()
+        return self._values
+
+    def release(self) -> None:
+        """Drop values that can be read again from the patch file."""
+        if self._load is not None:
+            self._values = None
 
 
 def _keys(component: str, slices: list[TensorSlice]) -> list[str]:
@@ -53,9 +69,7 @@ class Patch:
     # --- I/O -------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path) -> "Patch":
-        from safetensors import safe_open
-        from ddalign.checkpoint import read_header
-
+        """The manifest now, the values when first used (read from the file, not memory-mapped)."""
         path = Path(path)
         if not path.is_file():
             raise DdalignError(f"{path}: no such patch file")
@@ -70,14 +84,13 @@ class Patch:
         if manifest.get("format") != FORMAT:
             raise DdalignError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
         entries = []
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            stored = set(f.keys())
-            for comp, info in manifest["components"].items():
-                slices = [TensorSlice.from_list(s) for s in info["slices"]]
-                for key, s in zip(_keys(comp, slices), slices):
-                    if key not in stored:
-                        raise DdalignError(f"{path}: manifest names tensor {key!r}, missing from the file")
-                    entries.append(PatchEntry(comp, s, f.get_tensor(key)))
+        stored = Checkpoint.open_file(path)
+        for comp, info in manifest["components"].items():
+            slices = [TensorSlice.from_list(s) for s in info["slices"]]
+            for key, s in zip(_keys(comp, slices), slices):
+                if key not in stored:
+                    raise DdalignError(f"{path}: manifest names tensor {key!r}, missing from the file")
+                entries.append(PatchEntry(comp, s, _load=partial(stored.get, key)))
         return cls(entries, manifest, path)
 
     def save(self, path) -> Path:
@@ -376,12 +389,17 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
     for e in patch.entries:
         by_tensor.setdefault(e.slice.tensor, []).append(e)
 
+    # Unchanged tensors go file to file in the kernel; patched ones are read into one buffer,
+    # reused (the writer writes each tensor before it asks for the next).
+    buffer = torch.empty(max((ck.info(t).nbytes for t in by_tensor), default=0), dtype=torch.uint8)
+
     def produce(name: str):
         if name not in by_tensor:
-            return ck.raw(name)
-        tensor = ck.get(name).clone()
+            return ck.source(name)
+        tensor = ck.get(name, into=buffer)
         for e in by_tensor[name]:
             e.slice.take(tensor).copy_(e.values.to(tensor.dtype))
+            e.release()
         return tensor
 
     specs = [TensorSpec(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names()]
