@@ -29,6 +29,7 @@ SINGLE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 CHUNK = 16 << 20          # bytes per read: large enough for full speed, small against any tensor
+_PREADV = hasattr(os, "preadv")
 
 _DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -113,7 +114,7 @@ class Checkpoint:
         self._infos = infos
         self.config = config
         self._pickled = pickled
-        self._fds: dict[str, int] = {}
+        self._files: dict[str, object] = {}
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
@@ -202,18 +203,22 @@ class Checkpoint:
     # touched pages count in the process's RSS until it exits, so streaming a model through a
     # map grows RSS by the model's size; read into owned buffers, memory is freed per tensor.
 
-    def _fd(self, file: str) -> int:
-        if file not in self._fds:
-            self._fds[file] = os.open(file, os.O_RDONLY)
-        return self._fds[file]
+    def _file(self, file: str):
+        if file not in self._files:
+            self._files[file] = open(file, "rb", buffering=0)
+        return self._files[file]
 
     def _read_into(self, info: TensorInfo, buffer: memoryview, offset: int, digest=None) -> None:
         """Fill `buffer` with the tensor's stored bytes from `offset` on (relative to its start)."""
-        fd, done = self._fd(info.file), 0
+        f, done = self._file(info.file), 0
         while done < len(buffer):
             part = buffer[done:done + CHUNK]
-            n = os.preadv(fd, [part], info.begin + offset + done)
-            if n <= 0:
+            if _PREADV:
+                n = os.preadv(f.fileno(), [part], info.begin + offset + done)
+            else:                                   # no preadv (Windows, older macOS): seek and read
+                f.seek(info.begin + offset + done)
+                n = f.readinto(part)
+            if not n:
                 raise DdalignError(f"{info.file}: truncated inside tensor {info.name}")
             if digest is not None:
                 digest.update(part[:n])
@@ -309,21 +314,15 @@ class Checkpoint:
         return {n: self.fingerprint(n) for n in (self.names() if names is None else names)}
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
 
     def __enter__(self) -> "Checkpoint":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def tensor_buffer(tensor: torch.Tensor) -> memoryview:

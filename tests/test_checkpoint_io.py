@@ -28,9 +28,10 @@ def stored(tmp_path):
     return Checkpoint.open_file(path)
 
 
-@pytest.mark.parametrize("chunk", [16 << 20, 40, 7])
-def test_slices_equal_narrowed_tensors_whatever_the_read_size(stored, monkeypatch, chunk):
+@pytest.mark.parametrize("chunk,preadv", [(16 << 20, True), (40, True), (7, True), (40, False)])
+def test_slices_equal_narrowed_tensors_whatever_the_read_size(stored, monkeypatch, chunk, preadv):
     monkeypatch.setattr(checkpoint, "CHUNK", chunk)   # small chunks: many bands, partial reads
+    monkeypatch.setattr(checkpoint, "_PREADV", preadv and checkpoint._PREADV)   # False: seek and read
     for name, full in TENSORS.items():
         assert torch.equal(stored.get(name), full)
         for dim in range(full.dim()):
