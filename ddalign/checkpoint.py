@@ -561,6 +561,7 @@ def write_checkpoint(out_dir, specs: Sequence[TensorSpec], produce: Producer, *,
         for item in tmp.iterdir():
             if item.name not in names:
                 _fsync_file(item)
+        _fsync_dir(tmp)                        # the shards' names, renamed in without a sync
         if out.exists():
             backup = out.with_name(f".{out.name}.old")
             shutil.rmtree(backup, ignore_errors=True)
