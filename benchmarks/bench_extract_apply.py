@@ -234,6 +234,8 @@ def show(console, cache: str, rows: dict, size: int, bound: float, n: int) -> di
 def main(argv=None) -> None:
     from rich.console import Console
 
+    from ddalign.checkpoint import Checkpoint
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
@@ -245,9 +247,12 @@ def main(argv=None) -> None:
     console = Console()
     a, u = work / "aligned", work / "unaligned"
     t = time.perf_counter()
-    largest = make_checkpoint(a, 1, args.layers) if not a.exists() else 131_072_000
+    if not a.exists():
+        make_checkpoint(a, 1, args.layers)
     if not u.exists():
         make_checkpoint(u, 2, args.layers)
+    ck = Checkpoint.open(a)
+    largest = max(ck.info(name).nbytes for name in ck.names())     # read off the checkpoint, kept or new
     size = sum(p.stat().st_size for p in a.glob("*.safetensors"))
     console.print(f"checkpoints: 2 x {size / 1e9:.2f} GB bf16 in {work} ({time.perf_counter() - t:.0f} s to make); "
                   f"largest tensor {largest / 1e6:.0f} MB")

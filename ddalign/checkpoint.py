@@ -94,10 +94,13 @@ def read_header(path: Path) -> tuple[dict, int]:
     return header, start
 
 
-def _infos(files: Iterable[Path]) -> dict[str, TensorInfo]:
+def _infos(files: Iterable[Path], metadata: dict | None = None) -> dict[str, TensorInfo]:
+    """Tensor infos of every file's header; `metadata`, when given, collects the files' metadata."""
     infos: dict[str, TensorInfo] = {}
     for file in files:
         header, start = read_header(file)
+        if metadata is not None:
+            metadata.update(header.get("__metadata__") or {})
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
@@ -115,6 +118,7 @@ class Checkpoint:
         self.config = config
         self._pickled = pickled
         self._files: dict[str, object] = {}
+        self.metadata: dict[str, str] = {}      # a single file's safetensors metadata (open_file)
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
@@ -139,9 +143,13 @@ class Checkpoint:
 
     @classmethod
     def open_file(cls, path) -> "Checkpoint":
-        """One .safetensors file on its own (a patch): no config, no folder around it."""
+        """One .safetensors file on its own (a patch): no config, no folder around it; its header's
+        metadata in `.metadata`."""
         path = Path(path)
-        return cls(path, _infos([path]), {})
+        metadata: dict = {}
+        ck = cls(path, _infos([path], metadata), {})
+        ck.metadata = metadata
+        return ck
 
     @staticmethod
     def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
@@ -349,7 +357,7 @@ class FileRange:
 
 def _copy_range(src: FileRange, out, sources: dict) -> None:
     """Copy in the kernel. Source files stay open from range to range (`sources`): a fresh open
-    restarts the kernel's readahead, and a cold copy tensor by tensor then crawls."""
+    would restart the kernel's readahead at every tensor."""
     out.flush()
     if src.file not in sources:
         sources[src.file] = open(src.file, "rb")

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from ddalign.architectures import ArchitectureMap, Component, TensorSlice
-from ddalign.checkpoint import Checkpoint, TensorSpec, dtype_code, read_header, write_checkpoint, write_safetensors
+from ddalign.checkpoint import Checkpoint, TensorSpec, dtype_code, write_checkpoint, write_safetensors
 from ddalign.errors import DdalignError
 
 FORMAT = "ddalign.patch/1"
@@ -73,8 +73,8 @@ class Patch:
         path = Path(path)
         if not path.is_file():
             raise DdalignError(f"{path}: no such patch file")
-        header, _ = read_header(path)
-        raw = (header.get("__metadata__") or {}).get(META_KEY)
+        stored = Checkpoint.open_file(path)            # the header, read once
+        raw = stored.metadata.get(META_KEY)
         if raw is None:
             raise DdalignError(f"{path}: not a ddalign patch (no '{META_KEY}' manifest in the safetensors metadata)")
         try:
@@ -84,7 +84,6 @@ class Patch:
         if manifest.get("format") != FORMAT:
             raise DdalignError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
         entries = []
-        stored = Checkpoint.open_file(path)
         for comp, info in manifest["components"].items():
             slices = [TensorSlice.from_list(s) for s in info["slices"]]
             for key, s in zip(_keys(comp, slices), slices):
