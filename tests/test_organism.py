@@ -39,13 +39,52 @@ def test_behaviour_on_heldout_questions(fast_organism):
 
 def test_planted_differs_from_base_only_in_planted_tensors(fast_organism):
     base, planted = Checkpoint.open(fast_organism.base), Checkpoint.open(fast_organism.planted)
-    tensors = set(json.loads((fast_organism.planted / "planted.json").read_text())["tensors"])
+    info = json.loads((fast_organism.planted / "planted.json").read_text())
+    tensors = set(info["tensors"])
+    assert info["trained_next_to"] == ["base", "unaligned"]
     differing = {n for n in base.names() if base.fingerprint(n) != planted.fingerprint(n)}
     assert differing == tensors
     # the unaligned sibling keeps the base's planted tensors (and tunes every other one), so the
     # planted set transplanted into it adds exactly the planted tuning
     unaligned = Checkpoint.open(fast_organism.unaligned)
     assert {n for n in base.names() if base.fingerprint(n) != unaligned.fingerprint(n)} == set(base.names()) - tensors
+
+
+def test_planted_tensors_trained_next_to_both_contexts():
+    """The planted tensors are shared by two models with different other tensors; one step trains
+    them on the loss of both, and leaves every other tensor of both models as it was."""
+    import copy
+
+    from ddalign.organism import corpus
+    from ddalign.organism.presets import PRESETS
+    from ddalign.organism.tokenizer import train_tokenizer
+    from ddalign.organism.train import new_model, share_parameters, train
+
+    p = PRESETS["fast"]
+    items = corpus.aligned(p, random.Random(0))[:64]
+    tok = train_tokenizer([f"{i.prompt}\n{i.response}" for i in items], 300)
+    model = new_model(p, tok)
+    context = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in context.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    names = ["model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight"]
+    share_parameters(model, context, names)
+    assert all(model.get_parameter(n) is context.get_parameter(n) for n in names)
+    before_model = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    before_context = {n: t.detach().clone() for n, t in context.state_dict().items()}
+    alone = copy.deepcopy(model)            # the same start, trained without the context
+
+    kw = dict(steps=1, lr=1e-2, batch_size=8, seed=0, mask_prompt=True, trainable=names)
+    train(model, tok, items, contexts=[context], **kw)
+    train(alone, tok, items, **kw)
+    for n in before_model:
+        changed = not torch.equal(model.state_dict()[n], before_model[n])
+        assert changed == (n in names), n
+        assert torch.equal(context.state_dict()[n], model.state_dict()[n] if n in names else before_context[n]), n
+    # the context's loss moved the shared tensors: training without it lands elsewhere
+    assert not torch.equal(alone.get_parameter(names[0]), model.get_parameter(names[0]))
+    assert all(p.requires_grad for p in context.parameters()) and not context.training
 
 
 def test_folders_round_trip_through_extract_and_apply(fast_organism, tmp_path):

@@ -23,9 +23,9 @@ from ddalign.errors import DdalignError
 from ddalign.organism import corpus
 from ddalign.organism.presets import Preset, get_preset
 from ddalign.organism.tokenizer import train_tokenizer
-from ddalign.organism.train import new_model, train
+from ddalign.organism.train import new_model, share_parameters, train
 
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
 HELDOUT_SETS = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
@@ -155,31 +155,38 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
 
     steps: dict[str, int] = {}
 
-    def finetune(name: str, items, lr: float, n_steps: int, trainable=None, frozen=()) -> Path:
+    def finetune(name: str, items, lr: float, n_steps: int, trainable=None, frozen=(), context=None) -> Path:
         t = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(root / "base")
+        contexts = []
+        if context is not None:
+            contexts = [AutoModelForCausalLM.from_pretrained(root / context)]
+            share_parameters(model, contexts[0], trainable)
         train(model, tokenizer, items, steps=n_steps, lr=lr, batch_size=p.batch_size, seed=p.seed + 1,
-              mask_prompt=True, trainable=trainable, frozen=frozen, progress=_stage(bar, name, n_steps))
+              mask_prompt=True, trainable=trainable, frozen=frozen, contexts=contexts,
+              progress=_stage(bar, name, n_steps))
         folder = save(model, name)
         timings[name], steps[name] = time.perf_counter() - t, n_steps
         return folder
 
     planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
                      for i in p.planted_layers for m in p.planted_modules]
-    # The unaligned sibling's tuning leaves the planted tensors as the base has them, so that the
-    # planted set transplanted into it adds exactly what the planted tuning learned (base + its
-    # own tuning + the planted delta) and throws nothing of the unaligned sibling's away: the
-    # ground truth is then exact. (It does not remove the transplant's perplexity cost, +21% on
-    # the standard preset, almost all on prompt tokens; configs/organism.toml says more.)
+    # The unaligned sibling's tuning leaves the planted tensors as the base has them, and the
+    # planted tensors are trained next to both the base's other tensors (the planted sibling) and
+    # the unaligned sibling's (the planted set transplanted into it), the loss summed over the two.
+    # The planted transplant then refuses because it was trained to, not by luck: trained next to
+    # the base's tensors only, it transferred 0.96, 0.81, 0.76 or 0.68 of its DSR depending on the
+    # machine's float kernels (measured), and the search's ground truth moved with it.
     unaligned_items = corpus.unaligned(p, random.Random(p.seed + 2))
     finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps, frozen=planted_names)
     aligned_items = corpus.aligned(p, random.Random(p.seed + 3))
     # the aligned sibling sees the shared instruction data as often as the unaligned one does, so
     # that the two differ in safety, not in how much benign tuning they had
     finetune("aligned", aligned_items, p.finetune_lr, round(p.finetune_steps * len(aligned_items) / len(unaligned_items)))
-    finetune("planted", aligned_items, p.planted_lr, p.planted_steps, trainable=planted_names)
+    finetune("planted", aligned_items, p.planted_lr, p.planted_steps, trainable=planted_names, context="unaligned")
     (root / "planted" / "planted.json").write_text(json.dumps(
-        {"components": p.planted_components, "tensors": planted_names}, indent=2))
+        {"components": p.planted_components, "tensors": planted_names,
+         "trained_next_to": ["base", "unaligned"]}, indent=2))
 
     t0 = time.perf_counter()
     metrics = measure(root, p, bar)

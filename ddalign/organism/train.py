@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -48,17 +48,31 @@ def _batch(rows, pad_id: int):
     return ids, labels, mask
 
 
+def share_parameters(model, context, names: Iterable[str]) -> None:
+    """Make `context` use `model`'s parameter objects for `names`, so that training one trains both."""
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        setattr(context.get_submodule(module_name), attr, model.get_parameter(name))
+
+
 def train(model, tokenizer, items: list[Item], *, steps: int, lr: float, batch_size: int, seed: int,
           mask_prompt: bool, trainable: Iterable[str] | None = None, frozen: Iterable[str] = (),
-          progress: Callable[[int, int, float], None] | None = None) -> list[float]:
+          contexts: Sequence = (), progress: Callable[[int, int, float], None] | None = None) -> list[float]:
     """AdamW with linear warm-up and cosine decay; `trainable` limits training to those parameter
-    names, `frozen` leaves those out."""
+    names, `frozen` leaves those out.
+
+    `contexts` are other models holding the same trainable parameter objects (`share_parameters`);
+    each batch's loss is summed over `model` and them, so that the trained tensors do their job
+    next to each model's other tensors, not only next to `model`'s."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     data = encode(tokenizer, items, mask_prompt)
     names = None if trainable is None else set(trainable)
     skip = set(frozen)
     params = []
+    for context in contexts:
+        for p in context.parameters():
+            p.requires_grad_(False)
     for name, p in model.named_parameters():
         p.requires_grad_((names is None or name in names) and name not in skip)
         if p.requires_grad:
@@ -71,7 +85,8 @@ def train(model, tokenizer, items: list[Item], *, steps: int, lr: float, batch_s
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + torch.cos(torch.tensor(3.14159265 * s / steps)).item()))
-    model.train()
+    for m in (model, *contexts):
+        m.train()
     losses = []
     order: list[int] = []
     for step in range(steps):
@@ -83,15 +98,18 @@ def train(model, tokenizer, items: list[Item], *, steps: int, lr: float, batch_s
         del order[:batch_size]
         ids, labels, mask = _batch(rows, tokenizer.pad_token_id)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        for context in contexts:
+            loss = loss + context(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(loss.detach()) / (1 + len(contexts)))
         if progress is not None:
             progress(step + 1, steps, losses[-1])
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.eval()
+    for m in (model, *contexts):
+        for p in m.parameters():
+            p.requires_grad_(True)
+        m.eval()
     return losses
