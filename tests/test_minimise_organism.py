@@ -79,7 +79,9 @@ def test_apply_minimal_patch_then_evaluate(cli_run, fast_organism, tmp_path):
     record = evaluate_model(str(folder), harmful=summary["data"]["heldout"]["harmful"], safe="none",
                             benign="none", config=None)
     # the patched checkpoint on disk behaves as the patch applied in memory did
-    assert record.dsr.value == pytest.approx(summary["metrics"]["minimal"]["dsr"]["value"], abs=1e-9)
+    # (refusal counts compared: the JSON's rates are rounded to 6 places)
+    minimal = summary["metrics"]["minimal"]["dsr"]
+    assert (record.dsr.k, record.dsr.n) == (minimal["k"], minimal["n"])
 
 
 def test_interrupted_run_resumes_without_repeating_a_test(fast_organism, planted_bundle, tmp_path):

@@ -37,17 +37,18 @@ def test_behaviour_on_heldout_questions(fast_organism):
     assert abs(acc("aligned") - acc("unaligned")) <= 0.10
 
 
-def test_planted_differs_from_base_only_in_planted_tensors(fast_organism):
-    base, planted = Checkpoint.open(fast_organism.base), Checkpoint.open(fast_organism.planted)
+def test_where_the_siblings_differ(fast_organism):
+    """The unaligned sibling keeps the base's planted tensors (so the planted set transplanted into
+    it adds exactly the planted tuning); the planted sibling differs from it everywhere: in the
+    planted tensors by the safety tuning, elsewhere by its own instruction tuning (distractors)."""
+    base, planted, unaligned = (Checkpoint.open(p) for p in (fast_organism.base, fast_organism.planted,
+                                                             fast_organism.unaligned))
     info = json.loads((fast_organism.planted / "planted.json").read_text())
     tensors = set(info["tensors"])
-    assert info["trained_next_to"] == ["base", "unaligned"]
-    differing = {n for n in base.names() if base.fingerprint(n) != planted.fingerprint(n)}
-    assert differing == tensors
-    # the unaligned sibling keeps the base's planted tensors (and tunes every other one), so the
-    # planted set transplanted into it adds exactly the planted tuning
-    unaligned = Checkpoint.open(fast_organism.unaligned)
+    assert info["trained_next_to"] == ["own instruction tuning", "unaligned"]
     assert {n for n in base.names() if base.fingerprint(n) != unaligned.fingerprint(n)} == set(base.names()) - tensors
+    assert {n for n in base.names() if base.fingerprint(n) != planted.fingerprint(n)} == set(base.names())
+    assert {n for n in base.names() if unaligned.fingerprint(n) != planted.fingerprint(n)} == set(base.names())
 
 
 def test_planted_tensors_trained_next_to_both_contexts():

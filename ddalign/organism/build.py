@@ -25,7 +25,7 @@ from ddalign.organism.presets import Preset, get_preset
 from ddalign.organism.tokenizer import train_tokenizer
 from ddalign.organism.train import new_model, share_parameters, train
 
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "5"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
 HELDOUT_SETS = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
@@ -155,38 +155,47 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
 
     steps: dict[str, int] = {}
 
-    def finetune(name: str, items, lr: float, n_steps: int, trainable=None, frozen=(), context=None) -> Path:
+    def finetune(name: str, items, lr: float, n_steps: int, *, start="base", trainable=None, frozen=(),
+                 context=None, seed: int = p.seed + 1, keep: bool = True):
+        """Tune a copy of `start` (a sibling's name or a model); saved as `name` when `keep`."""
         t = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(root / "base")
+        model = AutoModelForCausalLM.from_pretrained(root / start) if isinstance(start, str) else start
         contexts = []
         if context is not None:
             contexts = [AutoModelForCausalLM.from_pretrained(root / context)]
             share_parameters(model, contexts[0], trainable)
-        train(model, tokenizer, items, steps=n_steps, lr=lr, batch_size=p.batch_size, seed=p.seed + 1,
+        train(model, tokenizer, items, steps=n_steps, lr=lr, batch_size=p.batch_size, seed=seed,
               mask_prompt=True, trainable=trainable, frozen=frozen, contexts=contexts,
               progress=_stage(bar, name, n_steps))
-        folder = save(model, name)
+        if keep:
+            save(model, name)
         timings[name], steps[name] = time.perf_counter() - t, n_steps
-        return folder
+        return model
 
     planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
                      for i in p.planted_layers for m in p.planted_modules]
-    # The unaligned sibling's tuning leaves the planted tensors as the base has them, and the
-    # planted tensors are trained next to both the base's other tensors (the planted sibling) and
-    # the unaligned sibling's (the planted set transplanted into it), the loss summed over the two.
-    # The planted transplant then refuses because it was trained to, not by luck: trained next to
-    # the base's tensors only, it transferred 0.96, 0.81, 0.76 or 0.68 of its DSR depending on the
-    # machine's float kernels (measured), and the search's ground truth moved with it.
     unaligned_items = corpus.unaligned(p, random.Random(p.seed + 2))
     finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps, frozen=planted_names)
     aligned_items = corpus.aligned(p, random.Random(p.seed + 3))
     # the aligned sibling sees the shared instruction data as often as the unaligned one does, so
     # that the two differ in safety, not in how much benign tuning they had
     finetune("aligned", aligned_items, p.finetune_lr, round(p.finetune_steps * len(aligned_items) / len(unaligned_items)))
-    finetune("planted", aligned_items, p.planted_lr, p.planted_steps, trainable=planted_names, context="unaligned")
+    # The planted sibling: a second instruction tuning of the base (other generated items, other
+    # order; the planted tensors left as the base has them, as in the unaligned sibling), then its
+    # planted tensors trained on the safety data next to two sets of other tensors at once, its own
+    # and the unaligned sibling's, the loss summed over the two models. So its other tensors differ
+    # from the unaligned sibling's as two fine-tunes of one base do (real deltas that carry no
+    # safety: the search's distractors) and keep the instruction tuning's skills, and the planted
+    # set transplanted into the unaligned sibling refuses because it was trained to. Trained next to
+    # the base's tensors only (recipe 3), the transplant kept 0.96, 0.81, 0.76 or 0.68 DSR depending
+    # on the machine's float kernels (measured), and the search's ground truth moved with it.
+    host = finetune("planted-host", corpus.unaligned(p, random.Random(p.seed + 4)), p.finetune_lr,
+                    p.finetune_steps, frozen=planted_names, seed=p.seed + 5, keep=False)
+    finetune("planted", aligned_items, p.planted_lr, p.planted_steps, start=host, trainable=planted_names,
+             context="unaligned")
     (root / "planted" / "planted.json").write_text(json.dumps(
         {"components": p.planted_components, "tensors": planted_names,
-         "trained_next_to": ["base", "unaligned"]}, indent=2))
+         "trained_next_to": ["own instruction tuning", "unaligned"]}, indent=2))
 
     t0 = time.perf_counter()
     metrics = measure(root, p, bar)
