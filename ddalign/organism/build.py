@@ -157,13 +157,14 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
 
     def finetune(name: str, items, lr: float, n_steps: int, *, start="base", trainable=None, frozen=(),
                  context=None, seed: int = p.seed + 1, keep: bool = True):
-        """Tune a copy of `start` (a sibling's name or a model); saved as `name` when `keep`."""
+        """Tune `start` (a sibling's folder name, loaded afresh, or a model, tuned in place) and
+        return it, saved as `name` when `keep`; `context` is a model that shares the trainable
+        tensors (train's `contexts`)."""
         t = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(root / start) if isinstance(start, str) else start
-        contexts = []
-        if context is not None:
-            contexts = [AutoModelForCausalLM.from_pretrained(root / context)]
-            share_parameters(model, contexts[0], trainable)
+        contexts = [] if context is None else [context]
+        for c in contexts:
+            share_parameters(model, c, trainable)
         train(model, tokenizer, items, steps=n_steps, lr=lr, batch_size=p.batch_size, seed=seed,
               mask_prompt=True, trainable=trainable, frozen=frozen, contexts=contexts,
               progress=_stage(bar, name, n_steps))
@@ -175,7 +176,7 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
     planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
                      for i in p.planted_layers for m in p.planted_modules]
     unaligned_items = corpus.unaligned(p, random.Random(p.seed + 2))
-    finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps, frozen=planted_names)
+    unaligned = finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps, frozen=planted_names)
     aligned_items = corpus.aligned(p, random.Random(p.seed + 3))
     # the aligned sibling sees the shared instruction data as often as the unaligned one does, so
     # that the two differ in safety, not in how much benign tuning they had
@@ -192,7 +193,7 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
     host = finetune("planted-host", corpus.unaligned(p, random.Random(p.seed + 4)), p.finetune_lr,
                     p.finetune_steps, frozen=planted_names, seed=p.seed + 5, keep=False)
     finetune("planted", aligned_items, p.planted_lr, p.planted_steps, start=host, trainable=planted_names,
-             context="unaligned")
+             context=unaligned)
     (root / "planted" / "planted.json").write_text(json.dumps(
         {"components": p.planted_components, "tensors": planted_names,
          "trained_next_to": ["own instruction tuning", "unaligned"]}, indent=2))
