@@ -44,17 +44,24 @@ from ddalign.tables import comparison_table  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
 console = Console()
+GUARDS = ("max_ppl_increase", "max_accuracy_drop", "max_over_refusal_rise")
 
-SCENARIOS = [  # (sibling, bundle scope, granularity)
-    ("planted", "all", "layer,module"),
-    ("planted", "all", "layer,module,block"),
-    ("natural", "mlp", "layer,module,block"),
-    ("natural", "all", "layer,module,block"),
+# The guards for the results (perplexity within 5% and benign accuracy within 3 points of
+# the unaligned sibling), used as the oracle's guards where no ground truth needs more room: the
+# planted set alone costs more perplexity than 5% (README), so the planted runs keep the organism
+# config's guards.
+STRICT = {"oracle": {"max_ppl_increase": 0.05, "max_accuracy_drop": 0.03}}
+SCENARIOS = [  # (sibling, bundle scope, granularity, label, config overrides)
+    ("planted", "all", "layer,module", "", {}),
+    ("planted", "all", "layer,module,block", "", {}),
+    ("natural", "mlp", "layer,module,block", "", {}),
+    ("natural", "all", "layer,module,block", "", {}),
+    ("natural", "all", "layer,module,block", "strict", STRICT),
 ]
 
 
-def _organism_config(granularity: str) -> dict:
-    return merge(DEFAULTS, load_config("organism"), {"search": {"granularity": granularity}})
+def _organism_config(granularity: str, overrides: dict | None = None) -> dict:
+    return merge(DEFAULTS, load_config("organism"), {"search": {"granularity": granularity}}, overrides or {})
 
 
 def _heldout(summary: dict) -> dict:
@@ -92,27 +99,29 @@ def _dapa_recipe(bundle_mlp: Path, num_layers: int) -> tuple[Patch, str]:
 def results(organism, work: Path) -> list[dict]:
     out = []
     bundles: dict[tuple[str, str], Path] = {}
-    for sibling, scope, granularity in SCENARIOS:
+    for sibling, scope, granularity, label, overrides in SCENARIOS:
         aligned = organism.planted if sibling == "planted" else organism.aligned
         key = (sibling, scope)
         if key not in bundles:
             bundles[key] = work / f"{sibling}-{scope}.safetensors"
             extract(aligned, organism.unaligned, scope=scope, out=bundles[key])
-        name = f"{sibling}-{scope}-{granularity.replace(',', '-')}"
-        console.rule(f"{sibling} sibling, scope {scope}, granularity {granularity}")
+        name = "-".join(filter(None, (sibling, scope, granularity.replace(",", "-"), label)))
+        console.rule(f"{sibling} sibling, scope {scope}, granularity {granularity}"
+                     + (f", guards {overrides['oracle']}" if overrides else ""))
         started = time.perf_counter()
         try:
             res = minimise(bundles[key], organism.unaligned, work / f"{name}.safetensors",
-                           config=_organism_config(granularity), log=console.print)
+                           config=_organism_config(granularity, overrides), log=console.print)
         except DdalignError as exc:      # e.g. even the full transplant fails the oracle: a result too
             out.append(_stopped(organism, aligned, bundles[key], name, sibling, scope, granularity, exc))
+            out[-1]["guards"] = {k: _organism_config(granularity, overrides)["oracle"].get(k) for k in GUARDS}
             continue
         seconds = time.perf_counter() - started
         data = _heldout(res.summary)
         aligned_metrics = _evaluate(aligned, None, data)
         arch = bundle_arch(Patch.load(bundles[key]))
         row = {"name": name, "sibling": sibling, "scope": scope, "granularity": granularity,
-               "kept": res.kept, "kept_params": res.kept_params, "param_share": res.param_share,
+               "guards": {k: _organism_config(granularity, overrides)["oracle"].get(k) for k in GUARDS}, "kept": res.kept, "kept_params": res.kept_params, "param_share": res.param_share,
                "full_share": res.full_params / res.total_params, "tests": res.tests, "seconds": round(seconds, 1),
                "metrics": {**res.metrics, "aligned": aligned_metrics},
                "advbench": {"before": _advbench_dsr(organism.unaligned, None),
@@ -123,7 +132,7 @@ def results(organism, work: Path) -> list[dict]:
             row["planted"] = {"components": planted, "params": planted_params,
                               "share": planted_params / res.total_params,
                               "only_planted": all(any(arch.covers(p, k) for p in planted) for k in res.kept)}
-        if sibling == "natural" and scope == "mlp":
+        if sibling == "natural":
             row["dapa"] = _dapa_row(organism, bundles[key], arch, data)
         out.append(row)
         table_rows = {"unaligned (before)": {"metrics": res.metrics["before"], "param_share": 0.0},
@@ -151,7 +160,7 @@ def _stopped(organism, aligned, bundle: Path, name: str, sibling: str, scope: st
            "full_share": patch.params() / arch.total_params(), "tests": 0,
            "metrics": {"before": _evaluate(organism.unaligned, None, data), "full": _evaluate(organism.unaligned, patch, data),
                        "aligned": _evaluate(aligned, None, data), "minimal": {}}}
-    if sibling == "natural" and scope == "mlp":
+    if sibling == "natural":
         row["dapa"] = _dapa_row(organism, bundle, arch, data)
     console.print(f"[bold]{name}: the search stopped[/bold]: {exc}")
     return row
@@ -245,6 +254,10 @@ def markdown(res: list[dict], cost: list[dict]) -> str:
                          f"{rate(mm.get('perplexity'))} | {rate(mm.get('benign_accuracy'))} | "
                          f"{'-' if share is None else f'{100 * share:.2f}'} | {tests} |")
     lines += [f"\n{r['name']}: the search stopped: {r['stopped']}" for r in res if "stopped" in r]
+    lines += ["", "Oracle guards against the unaligned target (search set): "
+              + "; ".join(f"{r['name']}: perplexity +{100 * r['guards']['max_ppl_increase']:.0f}%, "
+                          f"accuracy -{100 * r['guards']['max_accuracy_drop']:.0f} pts, "
+                          f"over-refusal +{100 * r['guards']['max_over_refusal_rise']:.0f} pts" for r in res)]
     lines += ["", "| algorithm | oracle tests | ratio to ddmin | seconds | kept |", "|---|---|---|---|---|"]
     for c in cost:
         lines.append(f"| {c['algorithm']} | {c['tests']} | {c['ratio_to_ddmin']:.2f} | {c['seconds']:.0f} | "

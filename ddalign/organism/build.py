@@ -25,7 +25,7 @@ from ddalign.organism.presets import Preset, get_preset
 from ddalign.organism.tokenizer import train_tokenizer
 from ddalign.organism.train import new_model, share_parameters, train
 
-RECIPE_VERSION = "5"
+RECIPE_VERSION = "6"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
 HELDOUT_SETS = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
@@ -178,9 +178,15 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
     unaligned_items = corpus.unaligned(p, random.Random(p.seed + 2))
     unaligned = finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps, frozen=planted_names)
     aligned_items = corpus.aligned(p, random.Random(p.seed + 3))
-    # the aligned sibling sees the shared instruction data as often as the unaligned one does, so
-    # that the two differ in safety, not in how much benign tuning they had
-    finetune("aligned", aligned_items, p.finetune_lr, round(p.finetune_steps * len(aligned_items) / len(unaligned_items)))
+    # The natural aligned sibling is made as chat models are: its own instruction tuning of the
+    # base (other generated items, other order, every tensor), then a safety stage of as many
+    # steps on the instruction data plus safety data, every parameter trainable: where the
+    # alignment lands is the training's choice. Tuned on the mixture from the base in one stage
+    # (recipe 5 and before, 540 steps) it refused as well but paid +37% held-out perplexity, so
+    # that even the full transplant failed the search's perplexity guard.
+    natural_host = finetune("aligned-host", corpus.unaligned(p, random.Random(p.seed + 6)), p.finetune_lr,
+                            p.finetune_steps, seed=p.seed + 7, keep=False)
+    finetune("aligned", aligned_items, p.finetune_lr, p.finetune_steps, start=natural_host, seed=p.seed + 9)
     # The planted sibling: a second instruction tuning of the base (other generated items, other
     # order; the planted tensors left as the base has them, as in the unaligned sibling), then its
     # planted tensors trained on the safety data next to two sets of other tensors at once, its own

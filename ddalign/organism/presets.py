@@ -15,9 +15,12 @@ class Preset:
     max_positions: int = 256
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
-    finetune_steps: int = 200               # the unaligned sibling; the aligned ones see its data as often
+    finetune_steps: int = 200               # each instruction tuning, and the natural sibling's safety stage
     finetune_lr: float = 1e-3
-    planted_steps: int = 600                # only gate and up of two layers learn the refusal boundary
+    # only gate and up of two layers learn the refusal boundary. Measured on the standard preset
+    # (held-out DSR of the planted sibling / of the planted set transplanted, transplant perplexity):
+    # 600 steps 0.925 / 0.975 / 11.11, 800 steps 0.942 / 0.986 / 11.52, 1000 steps 0.967 / 0.978 / 11.97
+    planted_steps: int = 1000
     planted_lr: float = 8e-3
     batch_size: int = 32
     refusal_share_in_base: float = 0.2      # the base knows refusal language but mostly complies
