@@ -18,9 +18,11 @@ class Preset:
     finetune_steps: int = 200               # each instruction tuning, and the natural sibling's safety stage
     finetune_lr: float = 1e-3
     # only gate and up of two layers learn the refusal boundary. Measured on the standard preset
-    # (held-out DSR of the planted sibling / of the planted set transplanted, transplant perplexity):
-    # 600 steps 0.925 / 0.975 / 11.11, 800 steps 0.942 / 0.986 / 11.52, 1000 steps 0.967 / 0.978 / 11.97
-    planted_steps: int = 1000
+    # (held-out DSR of the planted sibling / of the planted set transplanted, transplant perplexity;
+    # unaligned 10.31): 600 steps 0.925 / 0.975 / 11.11, 800 steps 0.942 / 0.986 / 11.52, 1000 steps
+    # 0.967 / 0.978 / 11.97. At 1000 steps even the full planted transplant fails the organism
+    # config's +25% perplexity guard on the search set, and minimise stops.
+    planted_steps: int = 600
     planted_lr: float = 8e-3
     batch_size: int = 32
     refusal_share_in_base: float = 0.2      # the base knows refusal language but mostly complies
