@@ -13,8 +13,9 @@ from ddalign.cli import cli
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # a small, quick search: the planted gate+up of the middle layers, on a slice of the sets
-# loose utility guards: the fast organism is small and noisy, and its planted set alone costs about +70%
-# perplexity in the unaligned sibling (prompt tokens; README) (the guards themselves are tested in test_oracle)
+# loose utility guards: the fast organism is small and noisy, and its planted set alone costs +41% held-out
+# perplexity in the unaligned sibling (recipe 6, measured; prompt tokens, README) (the guards themselves
+# are tested in test_oracle)
 RUN = ["--config", "organism", "--granularity", "layer,module", "--limit", "48", "--max-new-tokens", "8",
        "--max-accuracy-drop", "0.5", "--max-ppl-increase", "1.5", "--max-over-refusal-rise", "0.5"]
 LOOSE = {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5}
