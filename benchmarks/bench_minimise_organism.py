@@ -6,7 +6,9 @@ Part 1 (results): for the planted sibling (alignment trained into known componen
 truth) and the natural sibling (every parameter trained), extract a bundle, minimise it, and
 measure on held-out questions: the target before, the full transplant, the minimal patch, the
 aligned sibling, and DAPA's fixed recipe (the whole MLP of the middle layers, as its code
-hard-codes). With AdvBench at ../shared/data/advbench/ the patches' DSR is measured there too.
+hard-codes). The natural sibling is searched once more with the issue's result guards as the
+oracle's (perplexity +5%, benign accuracy -3 points; STRICT). With AdvBench at
+../shared/data/advbench/ the patches' DSR is measured there too.
 
 Part 2 (search cost): ddmin, ProbDD, the hierarchical search and picire's ddmin (an outside
 reference, when installed) on the same oracle (same target, bundle, prompts and calibration),
@@ -109,20 +111,22 @@ def results(organism, work: Path) -> list[dict]:
         name = "-".join(filter(None, (sibling, scope, granularity.replace(",", "-"), label)))
         console.rule(f"{sibling} sibling, scope {scope}, granularity {granularity}"
                      + (f", guards {overrides['oracle']}" if overrides else ""))
+        config = _organism_config(granularity, overrides)
+        guards = {k: config["oracle"].get(k) for k in GUARDS}
         started = time.perf_counter()
         try:
             res = minimise(bundles[key], organism.unaligned, work / f"{name}.safetensors",
-                           config=_organism_config(granularity, overrides), log=console.print)
+                           config=config, log=console.print)
         except DdalignError as exc:      # e.g. even the full transplant fails the oracle: a result too
-            out.append(_stopped(organism, aligned, bundles[key], name, sibling, scope, granularity, exc))
-            out[-1]["guards"] = {k: _organism_config(granularity, overrides)["oracle"].get(k) for k in GUARDS}
+            out.append({**_stopped(organism, aligned, bundles[key], name, sibling, scope, granularity, exc),
+                        "guards": guards})
             continue
         seconds = time.perf_counter() - started
         data = _heldout(res.summary)
         aligned_metrics = _evaluate(aligned, None, data)
         arch = bundle_arch(Patch.load(bundles[key]))
         row = {"name": name, "sibling": sibling, "scope": scope, "granularity": granularity,
-               "guards": {k: _organism_config(granularity, overrides)["oracle"].get(k) for k in GUARDS}, "kept": res.kept, "kept_params": res.kept_params, "param_share": res.param_share,
+               "guards": guards, "kept": res.kept, "kept_params": res.kept_params, "param_share": res.param_share,
                "full_share": res.full_params / res.total_params, "tests": res.tests, "seconds": round(seconds, 1),
                "metrics": {**res.metrics, "aligned": aligned_metrics},
                "advbench": {"before": _advbench_dsr(organism.unaligned, None),
