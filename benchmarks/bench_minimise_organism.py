@@ -102,6 +102,13 @@ def _dapa_recipe(bundle_mlp: Path, num_layers: int) -> tuple[Patch, str]:
 def results(organism, work: Path) -> list[dict]:
     out = []
     bundles: dict[tuple[str, str], Path] = {}
+    measured: dict[tuple[str, str], dict] = {}     # the aligned sibling and DAPA's recipe, once per sibling
+
+    def once(what: str, sibling: str, measure) -> dict:
+        if (what, sibling) not in measured:
+            measured[what, sibling] = measure()
+        return measured[what, sibling]
+
     for sibling, scope, granularity, label, overrides in SCENARIOS:
         aligned = organism.planted if sibling == "planted" else organism.aligned
         key = (sibling, scope)
@@ -118,12 +125,17 @@ def results(organism, work: Path) -> list[dict]:
             res = minimise(bundles[key], organism.unaligned, work / f"{name}.safetensors",
                            config=config, log=console.print)
         except DdalignError as exc:      # e.g. even the full transplant fails the oracle: a result too
-            out.append({**_stopped(organism, aligned, bundles[key], name, sibling, scope, granularity, exc),
-                        "guards": guards})
+            aligned_metrics = once("aligned", sibling, lambda: _evaluate(aligned, None, HELDOUT_SETS))
+            row = {**_stopped(organism, aligned_metrics, bundles[key], name, sibling, scope, granularity, exc),
+                   "guards": guards}
+            if sibling == "natural":
+                row["dapa"] = once("dapa", sibling, lambda: _dapa_row(organism, bundles[key],
+                                                                      bundle_arch(Patch.load(bundles[key])), HELDOUT_SETS))
+            out.append(row)
             continue
         seconds = time.perf_counter() - started
         data = _heldout(res.summary)
-        aligned_metrics = _evaluate(aligned, None, data)
+        aligned_metrics = once("aligned", sibling, lambda: _evaluate(aligned, None, data))
         arch = bundle_arch(Patch.load(bundles[key]))
         row = {"name": name, "sibling": sibling, "scope": scope, "granularity": granularity,
                "guards": guards, "kept": res.kept, "kept_params": res.kept_params, "param_share": res.param_share,
@@ -138,7 +150,7 @@ def results(organism, work: Path) -> list[dict]:
                               "share": planted_params / res.total_params,
                               "only_planted": all(any(arch.covers(p, k) for p in planted) for k in res.kept)}
         if sibling == "natural":
-            row["dapa"] = _dapa_row(organism, bundles[key], arch, data)
+            row["dapa"] = once("dapa", sibling, lambda: _dapa_row(organism, bundles[key], arch, data))
         out.append(row)
         table_rows = {"unaligned (before)": {"metrics": res.metrics["before"], "param_share": 0.0},
                       f"aligned sibling ({sibling})": {"metrics": aligned_metrics, "param_share": None},
@@ -155,7 +167,7 @@ def results(organism, work: Path) -> list[dict]:
     return out
 
 
-def _stopped(organism, aligned, bundle: Path, name: str, sibling: str, scope: str, granularity: str,
+def _stopped(organism, aligned_metrics: dict, bundle: Path, name: str, sibling: str, scope: str, granularity: str,
              exc: Exception) -> dict:
     """A scenario whose search could not start: its reason, and the held-out numbers that explain it."""
     data = HELDOUT_SETS
@@ -164,9 +176,7 @@ def _stopped(organism, aligned, bundle: Path, name: str, sibling: str, scope: st
     row = {"name": name, "sibling": sibling, "scope": scope, "granularity": granularity, "stopped": str(exc),
            "full_share": patch.params() / arch.total_params(), "tests": 0,
            "metrics": {"before": _evaluate(organism.unaligned, None, data), "full": _evaluate(organism.unaligned, patch, data),
-                       "aligned": _evaluate(aligned, None, data), "minimal": {}}}
-    if sibling == "natural":
-        row["dapa"] = _dapa_row(organism, bundle, arch, data)
+                       "aligned": aligned_metrics, "minimal": {}}}
     console.print(f"[bold]{name}: the search stopped[/bold]: {exc}")
     return row
 
