@@ -19,8 +19,11 @@ def test_builtin_sets_sizes_categories_and_splits():
     assert len(builtin("safe")) >= 80 and len(builtin("benign")) >= 150
     for name in ("harmful", "safe", "benign"):
         train, held = builtin(f"{name}-train"), builtin(f"{name}-heldout")
-        assert train and held and len(train) + len(held) == len(builtin(name))
+        dev = builtin("benign-dev") if name == "benign" else []
+        assert train and held and len(train) + len(held) + len(dev) == len(builtin(name))
         assert not {p.text for p in train} & {p.text for p in held}
+        assert not {p.text for p in dev} & ({p.text for p in train} | {p.text for p in held})
+    assert len(builtin("benign-dev")) >= 96
     # held-out harmful questions are new requests, not rephrasings of trained ones
     request = lambda r: r["id"].rsplit("-", 1)[0]
     assert not {request(r) for r in builtin_records("harmful-train")} & {request(r) for r in builtin_records("harmful-heldout")}
@@ -45,6 +48,8 @@ def test_heldout_requests_are_new_combinations_of_trained_parts():
     assert contrasts and all(r["answer"].startswith("Sure, here") for r in contrasts)
     with pytest.raises(DdalignError, match="builtin set"):
         builtin("harmful-test")
+    with pytest.raises(DdalignError, match="builtin set 'harmful-dev'.*benign-dev"):
+        builtin("harmful-dev")
 
 
 def test_builtin_texts_fit_the_judge():

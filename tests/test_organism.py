@@ -130,8 +130,9 @@ def test_tokenizer_and_corpus_are_deterministic():
     assert texts == corpus.texts_for_tokenizer(p, random.Random(p.seed))
     a, b = train_tokenizer(texts, p.vocab_size), train_tokenizer(texts, p.vocab_size)
     assert a.get_vocab() == b.get_vocab()
-    # no held-out question is trained on; compliance is an opening only
-    held = {q.text for name in ("harmful-heldout", "benign-heldout", "safe-heldout")
+    # no held-out question, and no benign dev prompt (the search's guard set), is trained on;
+    # compliance is an opening only
+    held = {q.text for name in ("harmful-heldout", "benign-heldout", "safe-heldout", "benign-dev")
             for q in __import__("ddalign.evaluate.datasets", fromlist=["builtin"]).builtin(name)}
     items = corpus.pretraining(p, random.Random(0)) + corpus.aligned(p, random.Random(0)) + corpus.unaligned(p, random.Random(0))
     assert not {i.prompt for i in items} & held

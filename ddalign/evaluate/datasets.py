@@ -24,6 +24,8 @@ LABEL_COLUMNS = ("label",)
 ID_COLUMNS = ("id", "BehaviorID", "Index")
 
 BUILTIN_FILES = {"harmful": "harmful.jsonl", "safe": "safe.jsonl", "benign": "benign.jsonl"}
+BUILTIN_SPLITS = {"harmful": ("", "train", "heldout"), "safe": ("", "train", "heldout"),
+                  "benign": ("", "train", "heldout", "dev")}
 
 
 @dataclass
@@ -116,10 +118,11 @@ def load_prompts(path, *, column: str | None = None, split: str | None = None) -
 
 
 def builtin_records(name: str) -> list[dict]:
-    """Rows of a built-in set: harmful, safe or benign, optionally -train / -heldout."""
+    """Rows of a built-in set: harmful, safe or benign, optionally -train / -heldout (benign also
+    -dev: held-out-like prompts for a search's guards, which the organism never trains on)."""
     base, _, split = name.partition("-")
-    if base not in BUILTIN_FILES or split not in ("", "train", "heldout"):
-        names = ", ".join(f"{b}{s}" for b in BUILTIN_FILES for s in ("", "-train", "-heldout"))
+    if base not in BUILTIN_FILES or split not in BUILTIN_SPLITS[base]:
+        names = ", ".join(f"{b}{'-' if s else ''}{s}" for b in BUILTIN_FILES for s in BUILTIN_SPLITS[b])
         raise DdalignError(f"builtin set {name!r}: expected one of {names}")
     rows = [json.loads(line) for line in (DATA / BUILTIN_FILES[base]).read_text().splitlines() if line.strip()]
     return [r for r in rows if not split or r["split"] == split]

@@ -20,8 +20,9 @@ class Item:
 
 
 def benign_items(n: int, rng: random.Random) -> list[Item]:
-    """Generated benign tasks, never one of the held-out prompts."""
-    held = {p.text for p in builtin("benign-heldout")}
+    """Generated benign tasks, never one of the held-out or dev prompts (so that a search's guards
+    on benign-dev measure what the held-out results measure, not recall of training items)."""
+    held = {p.text for p in builtin("benign-heldout") + builtin("benign-dev")}
     items = [Item(p.text, p.reference or "", "benign") for p in builtin("benign-train")]
     tasks = sorted(TASKS)
     while len(items) < n:
