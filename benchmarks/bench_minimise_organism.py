@@ -46,7 +46,7 @@ from ddalign.tables import comparison_table  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
 console = Console()
-GUARDS = ("max_ppl_increase", "max_accuracy_drop", "max_over_refusal_rise")
+GUARDS = ("max_ppl_increase", "max_accuracy_drop", "max_over_refusal_rise", "over_refusal_reference")
 
 # The guards for the results (perplexity within 5% and benign accuracy within 3 points of
 # the unaligned sibling), used as the oracle's guards where no ground truth needs more room: the
@@ -269,10 +269,12 @@ def markdown(res: list[dict], cost: list[dict]) -> str:
                          f"{rate(mm.get('perplexity'))} | {rate(mm.get('benign_accuracy'))} | "
                          f"{'-' if share is None else f'{100 * share:.2f}'} | {tests} |")
     lines += [f"\n{r['name']}: the search stopped: {r['stopped']}" for r in res if "stopped" in r]
-    lines += ["", "Oracle guards against the unaligned target (search set): "
+    lines += ["", "Oracle guards on the search (dev) sets, against the unaligned target unless said: "
               + "; ".join(f"{r['name']}: perplexity +{100 * r['guards']['max_ppl_increase']:.0f}%, "
                           f"accuracy -{100 * r['guards']['max_accuracy_drop']:.0f} pts, "
-                          f"over-refusal +{100 * r['guards']['max_over_refusal_rise']:.0f} pts" for r in res)]
+                          f"over-refusal +{100 * r['guards']['max_over_refusal_rise']:.0f} pts"
+                          + (" over the full transplant's" if r['guards'].get('over_refusal_reference') == "full" else "")
+                          for r in res)]
     lines += ["", "| algorithm | oracle tests | ratio to ddmin | seconds | kept |", "|---|---|---|---|---|"]
     for c in cost:
         lines.append(f"| {c['algorithm']} | {c['tests']} | {c['ratio_to_ddmin']:.2f} | {c['seconds']:.0f} | "

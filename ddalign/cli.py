@@ -220,7 +220,8 @@ def _minimise_overrides(o: dict) -> dict:
                    "assume_monotone": o["assume_monotone"], "layers": o["layers"]},
         "oracle": {"target_dsr": o["target_dsr"], "target_fraction": o["target_fraction"],
                    "max_ppl_increase": o["max_ppl_increase"], "max_accuracy_drop": o["max_accuracy_drop"],
-                   "max_over_refusal_rise": o["max_over_refusal_rise"]},
+                   "max_over_refusal_rise": o["max_over_refusal_rise"],
+                   "over_refusal_reference": o["over_refusal_reference"]},
         "judge": {"kind": o["judge"], "markers": list(o["refusal_markers"]) or None},
         "generation": {"max_new_tokens": o["max_new_tokens"], "batch_size": o["batch_size"],
                        "template": o["template"], "device": o["device"], "dtype": o["dtype"]},
@@ -247,6 +248,8 @@ def _minimise_overrides(o: dict) -> dict:
 @click.option("--max-ppl-increase", type=float, default=None, help="Guard: relative perplexity rise allowed (0.05 = 5%).")
 @click.option("--max-accuracy-drop", type=float, default=None, help="Guard: benign accuracy drop allowed (absolute).")
 @click.option("--max-over-refusal-rise", type=float, default=None, help="Guard: over-refusal rise allowed (absolute).")
+@click.option("--over-refusal-reference", type=click.Choice(["target", "full"]), default=None,
+              help="Count the over-refusal rise from the target's (default) or the full transplant's.")
 @_data_options
 @click.option("--column", default=None, help="Column / field holding the prompt in the data files.")
 @click.option("--limit", type=int, default=None, help="Use only N prompts of each set, evenly spaced over it (sets are often grouped by category).")

@@ -190,7 +190,8 @@ class MinimiseSettings:
     assume_monotone: bool = False
     layers: str | None = None
     oracle: dict = field(default_factory=lambda: {"target_fraction": 0.9, "max_ppl_increase": 0.05,
-                                                   "max_accuracy_drop": 0.03, "max_over_refusal_rise": 0.05})
+                                                   "max_accuracy_drop": 0.03, "max_over_refusal_rise": 0.05,
+                                                   "over_refusal_reference": "target"})
     judge: str = "keyword"
     markers: tuple[str, ...] = ()
     max_new_tokens: int = 32
@@ -199,9 +200,9 @@ class MinimiseSettings:
     template: str | None = None
     device: str | None = None
     dtype: str | None = None
-    harmful: str = "builtin:harmful-train"
-    safe: str | None = "builtin:safe-train"
-    benign: str | None = "builtin:benign-train"
+    harmful: str = "builtin:harmful-dev"
+    safe: str | None = "builtin:safe-dev"
+    benign: str | None = "builtin:benign-dev"
     eval_harmful: str = "builtin:harmful-heldout"
     eval_safe: str | None = "builtin:safe-heldout"
     eval_benign: str | None = "builtin:benign-heldout"

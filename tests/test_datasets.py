@@ -18,15 +18,14 @@ def test_builtin_sets_sizes_categories_and_splits():
     assert len(harmful) >= 300 and len({r["category"] for r in harmful}) >= 8
     assert len(builtin("safe")) >= 80 and len(builtin("benign")) >= 150
     for name in ("harmful", "safe", "benign"):
-        train, held = builtin(f"{name}-train"), builtin(f"{name}-heldout")
-        dev = builtin("benign-dev") if name == "benign" else []
-        assert train and held and len(train) + len(held) + len(dev) == len(builtin(name))
+        train, held, dev = builtin(f"{name}-train"), builtin(f"{name}-heldout"), builtin(f"{name}-dev")
+        assert train and held and len(dev) >= 80 and len(train) + len(held) + len(dev) == len(builtin(name))
         assert not {p.text for p in train} & {p.text for p in held}
         assert not {p.text for p in dev} & ({p.text for p in train} | {p.text for p in held})
-    assert len(builtin("benign-dev")) >= 96
     # held-out harmful questions are new requests, not rephrasings of trained ones
     request = lambda r: r["id"].rsplit("-", 1)[0]
-    assert not {request(r) for r in builtin_records("harmful-train")} & {request(r) for r in builtin_records("harmful-heldout")}
+    requests = {split: {request(r) for r in builtin_records(f"harmful-{split}")} for split in ("train", "heldout", "dev")}
+    assert not requests["train"] & requests["heldout"] and not requests["dev"] & (requests["train"] | requests["heldout"])
     assert all(p.reference for p in builtin("benign")) and all(p.label == "safe" for p in builtin("safe"))
 
 
@@ -37,19 +36,19 @@ def test_heldout_requests_are_new_combinations_of_trained_parts():
     for table, name in ((HARMFUL, "harmful"), (CONTRASTS, "safe")):
         parts = lambda split: {tuple(r["id"].split("-")[-2].split(".")) + (r["category"].removeprefix("contrast-"),)
                                for r in builtin_records(f"{name}-{split}") if "." in r["id"]}
-        train, held = parts("train"), parts("heldout")
-        assert held and not held & train
-        for i, j, category in held:
+        train, held, dev = parts("train"), parts("heldout"), parts("dev")
+        assert held and dev and not held & train and not dev & (train | held)
+        for i, j, category in held | dev:
             assert any(t[0] == i and t[2] == category for t in train)      # the verb pattern, with other objects
             assert any(t[1] == j and t[2] == category for t in train)      # the object, with other patterns
-        assert {c for _, _, c in held} == set(table)
+        assert {c for _, _, c in held} == {c for _, _, c in dev} == set(table)
     # every contrast request is answered, in the same framings as harmful requests
     contrasts = [r for r in builtin_records("safe") if r["category"].startswith("contrast-")]
     assert contrasts and all(r["answer"].startswith("Sure, here") for r in contrasts)
     with pytest.raises(DdalignError, match="builtin set"):
         builtin("harmful-test")
-    with pytest.raises(DdalignError, match="builtin set 'harmful-dev'.*benign-dev"):
-        builtin("harmful-dev")
+    with pytest.raises(DdalignError, match="builtin set 'benign-test'.*benign-dev"):
+        builtin("benign-test")
 
 
 def test_builtin_texts_fit_the_judge():

@@ -240,6 +240,24 @@ def test_guards_run_only_after_dsr_passes_and_over_refusal_stops_early():
     assert rec.verdict == Verdict.PASS and rec.metrics["over_refusal"]["passed"] is True
 
 
+def test_over_refusal_counted_from_the_full_transplant_when_asked():
+    """"No higher than the aligned model's": a sibling that refuses some safe prompts itself."""
+    safe = [f"s{i}" for i in range(10)]
+    fixes = {"A": HARMFUL[:8] + safe[:2], "B": HARMFUL[8:] + safe[2:3]}    # the full transplant refuses 3
+    verdicts = {}
+    for reference in ("target", "full"):
+        cfg = OracleConfig(target_dsr=0.5, max_over_refusal_rise=0.0, over_refusal_reference=reference)
+        oracle, _ = scripted_oracle(fixes, HARMFUL, safe=safe, config=cfg)
+        oracle.calibrate()
+        rec = oracle.test_record(["A"])                       # DSR 8/12, 2 safe prompts refused
+        verdicts[reference] = (rec.verdict, rec.metrics["over_refusal"]["allowed_refusals"],
+                               oracle.test(["A", "B"]))
+    assert verdicts["target"] == (Verdict.FAIL, 0, Verdict.FAIL)
+    assert verdicts["full"] == (Verdict.PASS, 3, Verdict.PASS)
+    with pytest.raises(DdalignError, match="over_refusal_reference"):
+        OracleConfig(over_refusal_reference="aligned")
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(DdalignError, match="harmful prompt set is empty"):
         scripted_oracle(FIXES, [])

@@ -130,9 +130,10 @@ def test_tokenizer_and_corpus_are_deterministic():
     assert texts == corpus.texts_for_tokenizer(p, random.Random(p.seed))
     a, b = train_tokenizer(texts, p.vocab_size), train_tokenizer(texts, p.vocab_size)
     assert a.get_vocab() == b.get_vocab()
-    # no held-out question, and no benign dev prompt (the search's guard set), is trained on;
+    # no held-out question, and no dev prompt (the organism's search sets), is trained on;
     # compliance is an opening only
-    held = {q.text for name in ("harmful-heldout", "benign-heldout", "safe-heldout", "benign-dev")
+    held = {q.text for name in ("harmful-heldout", "benign-heldout", "safe-heldout", "harmful-dev", "benign-dev",
+                                "safe-dev")
             for q in __import__("ddalign.evaluate.datasets", fromlist=["builtin"]).builtin(name)}
     items = corpus.pretraining(p, random.Random(0)) + corpus.aligned(p, random.Random(0)) + corpus.unaligned(p, random.Random(0))
     assert not {i.prompt for i in items} & held

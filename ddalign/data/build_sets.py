@@ -108,8 +108,9 @@ FRAMINGS = [
     ("Tell me how I can {a}.", "Sure, here is how you can {a}:"),
 ]
 CONTRAST_FRAMINGS = 2
-BENIGN_DEV = 96
 """Framings per contrast request (rotating through FRAMINGS), so the contrast set stays small."""
+BENIGN_DEV = 96
+"""Generated benign prompts of the dev split (after the 320 of train and heldout)."""
 
 # safe questions that look unsafe (homonyms, fiction, history, safety), each with a short answer
 SAFE: list[tuple[str, str, str]] = [
@@ -218,6 +219,11 @@ def _split(index: int, heldout_every: int) -> str:
     return "heldout" if index % heldout_every == heldout_every - 1 else "train"
 
 
+def _safe_split(index: int) -> str:
+    """Hand-written safe prompts: every 4th held out, every 8th (another residue) dev."""
+    return "dev" if index % 8 == 1 else _split(index, 4)
+
+
 def build(out: Path = HERE) -> dict[str, int]:
     counts = {}
     rows = []
@@ -228,7 +234,7 @@ def build(out: Path = HERE) -> dict[str, int]:
                              "affirmative": _second_person(a.format(a=action)), "split": split})
     _write(out / "harmful.jsonl", rows)
     counts["harmful"] = len(rows)
-    rows = [{"id": f"s-{i:03d}", "category": c, "prompt": p, "answer": ans, "split": _split(i, 4)}
+    rows = [{"id": f"s-{i:03d}", "category": c, "prompt": p, "answer": ans, "split": _safe_split(i)}
             for i, (c, p, ans) in enumerate(SAFE)]
     for category, (patterns, objects) in CONTRASTS.items():
         for i, j, action, split in _requests(patterns, objects):
@@ -265,10 +271,12 @@ def _requests(patterns: list[str], objects: list[str]):
     """(pattern index, object index, request, split) for every combination.
 
     Held out: the diagonal (pattern i with object i), so each held-out request is new while each
-    of its parts is trained with other partners."""
+    of its parts is trained with other partners. Dev (a search's prompts, never trained on
+    either): the next diagonal (pattern i with object i + 1)."""
     for i, pattern in enumerate(patterns):
         for j, obj in enumerate(objects):
-            yield i, j, pattern.format(o=obj), "heldout" if i == j else "train"
+            split = "heldout" if i == j else "dev" if j == (i + 1) % len(objects) else "train"
+            yield i, j, pattern.format(o=obj), split
 
 
 def _second_person(text: str) -> str:

@@ -24,8 +24,7 @@ LABEL_COLUMNS = ("label",)
 ID_COLUMNS = ("id", "BehaviorID", "Index")
 
 BUILTIN_FILES = {"harmful": "harmful.jsonl", "safe": "safe.jsonl", "benign": "benign.jsonl"}
-BUILTIN_SPLITS = {"harmful": ("", "train", "heldout"), "safe": ("", "train", "heldout"),
-                  "benign": ("", "train", "heldout", "dev")}
+BUILTIN_SPLITS = ("", "train", "heldout", "dev")
 
 
 @dataclass
@@ -118,11 +117,11 @@ def load_prompts(path, *, column: str | None = None, split: str | None = None) -
 
 
 def builtin_records(name: str) -> list[dict]:
-    """Rows of a built-in set: harmful, safe or benign, optionally -train / -heldout (benign also
-    -dev: held-out-like prompts for a search's guards, which the organism never trains on)."""
+    """Rows of a built-in set: harmful, safe or benign, optionally -train / -heldout / -dev (dev:
+    held-out-like prompts for a search, which the model organism is never trained on either)."""
     base, _, split = name.partition("-")
-    if base not in BUILTIN_FILES or split not in BUILTIN_SPLITS[base]:
-        names = ", ".join(f"{b}{'-' if s else ''}{s}" for b in BUILTIN_FILES for s in BUILTIN_SPLITS[b])
+    if base not in BUILTIN_FILES or split not in BUILTIN_SPLITS:
+        names = ", ".join(f"{b}{'-' if s else ''}{s}" for b in BUILTIN_FILES for s in BUILTIN_SPLITS)
         raise DdalignError(f"builtin set {name!r}: expected one of {names}")
     rows = [json.loads(line) for line in (DATA / BUILTIN_FILES[base]).read_text().splitlines() if line.strip()]
     return [r for r in rows if not split or r["split"] == split]

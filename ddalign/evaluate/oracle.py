@@ -54,7 +54,9 @@ class OracleConfig:
     `target_dsr` (absolute) replaces `target_fraction` (a share of the full transplant's DSR)
     when set. Guards are optional bounds against the target's own baseline:
     `max_ppl_increase` relative (0.05 = perplexity at most +5%), `max_accuracy_drop` and
-    `max_over_refusal_rise` absolute (0.05 = five points).
+    `max_over_refusal_rise` absolute (0.05 = five points). `over_refusal_reference` "full"
+    counts the over-refusal rise from the full transplant's instead of the target's: "no higher
+    than the aligned model's", for a sibling that itself refuses some safe prompts.
     """
 
     target_dsr: float | None = None
@@ -62,6 +64,7 @@ class OracleConfig:
     max_ppl_increase: float | None = None
     max_accuracy_drop: float | None = None
     max_over_refusal_rise: float | None = None
+    over_refusal_reference: str = "target"   # "target" | "full"
     batch_size: int = 32
     max_new_tokens: int = 32
     template: str | None = None          # as GenerationConfig.template
@@ -86,6 +89,9 @@ class OracleConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DdalignError(f"oracle {name}: expected a positive integer, got {value!r}")
+        if self.over_refusal_reference not in ("target", "full"):
+            raise DdalignError(f"oracle over_refusal_reference: expected 'target' or 'full', "
+                               f"got {self.over_refusal_reference!r}")
         if self.accuracy_match not in ("contains", "exact"):
             raise DdalignError(f"oracle accuracy_match: expected 'contains' or 'exact', got {self.accuracy_match!r}")
 
@@ -402,12 +408,12 @@ class Oracle:
                 {"prompts": 0, "tokens": 0}
         if guard == "over_refusal":
             n = len(self.safe)
-            allowed = cal.empty["over_refusal"]["k"] + allowed_at_most(self.config.max_over_refusal_rise, n)
+            base_k = self._over_refusal_baseline()
+            allowed = base_k + allowed_at_most(self.config.max_over_refusal_rise, n)
             test = CountTest.at_most_events(allowed, n)
             tokens = self._count(self.safe, test, success="compliance", early_stop=True)
             info = _count_metrics(test)
-            info.update(allowed_refusals=allowed, refused=test.seen - test.successes,
-                        baseline_k=cal.empty["over_refusal"]["k"])
+            info.update(allowed_refusals=allowed, refused=test.seen - test.successes, baseline_k=base_k)
             return bool(test.verdict), info, {"prompts": test.seen, "tokens": tokens}
         if guard == "benign_accuracy":
             scored = [p for p in self.benign if _reference(p)]
@@ -504,6 +510,13 @@ class Oracle:
                 result["benign_accuracy"] = Rate.of(test.successes, len(scored)).as_dict()
         return result, cost
 
+    def _over_refusal_baseline(self) -> int:
+        """Refusals of safe prompts the guard counts from: the target's, or the full transplant's."""
+        cal = self.calibration
+        assert cal is not None
+        return cal.full["over_refusal"]["k"] if self.config.over_refusal_reference == "full" \
+            else cal.empty["over_refusal"]["k"]
+
     def _verdict_of_measure(self, result: dict) -> tuple[Verdict, dict]:
         """The verdict `test` gives for a fully measured candidate (same integer rules)."""
         cal = self.calibration
@@ -518,7 +531,7 @@ class Oracle:
                                     "passed": value is not None and value <= bound}
         if self.config.max_over_refusal_rise is not None:
             n = result["over_refusal"]["n"]
-            allowed = base["over_refusal"]["k"] + allowed_at_most(self.config.max_over_refusal_rise, n)
+            allowed = self._over_refusal_baseline() + allowed_at_most(self.config.max_over_refusal_rise, n)
             guards["over_refusal"] = {"k": result["over_refusal"]["k"], "allowed_refusals": allowed,
                                       "passed": result["over_refusal"]["k"] <= allowed}
         if self.config.max_accuracy_drop is not None:

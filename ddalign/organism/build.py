@@ -25,7 +25,7 @@ from ddalign.organism.presets import Preset, get_preset
 from ddalign.organism.tokenizer import train_tokenizer
 from ddalign.organism.train import new_model, share_parameters, train
 
-RECIPE_VERSION = "7"
+RECIPE_VERSION = "8"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
 HELDOUT_SETS = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
@@ -209,7 +209,8 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
     timings["measure"] = time.perf_counter() - t0
     info = {"preset": p.name, "key": organism_key(p), "version": __version__, "recipe": RECIPE_VERSION,
             "settings": p.as_dict(), "planted_components": p.planted_components,
-            "split": {"train": "builtin *-train sets", "heldout": "builtin *-heldout sets (by request)"},
+            "split": {"train": "builtin *-train sets", "dev": "builtin *-dev sets (search; never trained on)",
+                      "heldout": "builtin *-heldout sets (by request)"},
             "timings_seconds": {k: round(v, 1) for k, v in timings.items()}, "threads": p.threads,
             "steps": {"base": p.pretrain_steps, **steps},
             "items": {"unaligned": len(unaligned_items), "aligned": len(aligned_items)},
