@@ -38,7 +38,7 @@ from ddalign.config import DEFAULTS, load_config, merge  # noqa: E402
 from ddalign.delta import extract  # noqa: E402
 from ddalign.errors import DdalignError  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
-from ddalign.minimise import bundle_arch, minimise  # noqa: E402
+from ddalign.minimise import bundle_arch, heldout_text, minimise  # noqa: E402
 from ddalign.organism import build  # noqa: E402
 from ddalign.organism.build import HELDOUT_SETS  # noqa: E402
 from ddalign.patch import Patch  # noqa: E402
@@ -141,6 +141,7 @@ def results(organism, work: Path) -> list[dict]:
                "guards": guards, "kept": res.kept, "kept_params": res.kept_params, "param_share": res.param_share,
                "full_share": res.full_params / res.total_params, "tests": res.tests, "seconds": round(seconds, 1),
                "metrics": {**res.metrics, "aligned": aligned_metrics},
+               "heldout_check": res.summary.get("heldout_check"),
                "advbench": {"before": _advbench_dsr(organism.unaligned, None),
                             "minimal": _advbench_dsr(organism.unaligned, res.patch)}}
         if sibling == "planted":
@@ -255,20 +256,24 @@ def markdown(res: list[dict], cost: list[dict]) -> str:
     def rate(m: dict | None) -> str:
         return "-" if not m or m.get("value") is None else f"{m['value']:.3f}"
 
-    lines = ["| run | model | DSR | over-refusal | perplexity | benign acc | % params | tests |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | model | DSR | over-refusal | perplexity | benign acc | % params | tests | AdvBench DSR |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in res:
         m = r["metrics"]
-        entries = [("before", m["before"], 0.0, ""), ("aligned sibling", m["aligned"], None, ""),
-                   ("full transplant", m["full"], r["full_share"], ""),
-                   ("minimal patch", m["minimal"], r.get("param_share"), str(r["tests"]))]
+        adv = r.get("advbench") or {}
+        entries = [("before", m["before"], 0.0, "", adv.get("before")), ("aligned sibling", m["aligned"], None, "", None),
+                   ("full transplant", m["full"], r["full_share"], "", None),
+                   ("minimal patch", m["minimal"], r.get("param_share"), str(r["tests"]), adv.get("minimal"))]
         if "dapa" in r:
-            entries.append((f"DAPA: {r['dapa']['recipe']}", r["dapa"]["metrics"], r["dapa"]["param_share"], ""))
-        for label, mm, share, tests in entries:
+            entries.append((f"DAPA: {r['dapa']['recipe']}", r["dapa"]["metrics"], r["dapa"]["param_share"], "",
+                            r["dapa"].get("advbench")))
+        for label, mm, share, tests, advbench in entries:
             lines.append(f"| {r['name']} | {label} | {rate(mm.get('dsr'))} | {rate(mm.get('over_refusal'))} | "
                          f"{rate(mm.get('perplexity'))} | {rate(mm.get('benign_accuracy'))} | "
-                         f"{'-' if share is None else f'{100 * share:.2f}'} | {tests} |")
+                         f"{'-' if share is None else f'{100 * share:.2f}'} | {tests} | "
+                         f"{rate(advbench) if advbench else ''} |")
     lines += [f"\n{r['name']}: the search stopped: {r['stopped']}" for r in res if "stopped" in r]
+    lines += [f"\n{r['name']}: {heldout_text(r['heldout_check'])}" for r in res if r.get("heldout_check")]
     lines += ["", "Oracle guards on the search (dev) sets, against the unaligned target unless said: "
               + "; ".join(f"{r['name']}: perplexity +{100 * r['guards']['max_ppl_increase']:.0f}%, "
                           f"accuracy -{100 * r['guards']['max_accuracy_drop']:.0f} pts, "

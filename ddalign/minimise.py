@@ -447,6 +447,9 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                                 harmful=_prompts(eval_sets["harmful"]), safe=_prompts(eval_sets["safe"]),
                                 benign=_prompts(eval_sets["benign"]), judge=judge, config=gen)
         metrics[name] = record.to_dict()["metrics"]
+    heldout = heldout_check(oracle.config, metrics)
+    if heldout and not heldout["passed"]:
+        say("warning: " + heldout_text(heldout))
 
     total = arch.total_params()
     kept_params = sum(arch.param_count(c) for c in kept)
@@ -473,7 +476,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                "param_share": search_info["param_share"], "full_params": full_params,
                "full_components": components, "tests": tests,
                "answered_without_test": search_info["answered_without_test"], "cost": cost, "levels": levels,
-               "data": search_info["data"], "patch": str(paths.patch),
+               "data": search_info["data"], "heldout_check": heldout, "patch": str(paths.patch),
                "extents": _extents(arch, kept)}
     if dist.is_main:
         minimal_patch.manifest = {**minimal_patch.manifest, "kind": "patch", "search": search_info}
@@ -491,6 +494,42 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                           full_params=full_params, total_params=total, tests=tests,
                           answered_without_test=search_info["answered_without_test"], metrics=metrics,
                           levels=levels, cost=cost, summary=summary)
+
+
+_GUARD_OF = {"perplexity": "max_ppl_increase", "over_refusal": "max_over_refusal_rise",
+             "benign_accuracy": "max_accuracy_drop"}
+
+
+def heldout_check(config, metrics: dict) -> dict:
+    """The oracle's pass rule again, on the held-out measurements of before / full / minimal.
+
+    A search keeps what only just passes its own prompts, so a patch can meet the target there
+    and fall short on new ones; this says so. Criteria without held-out data are left out."""
+    from dataclasses import replace
+
+    from ddalign.evaluate.oracle import apply_rule
+
+    def measured(role: str) -> bool:
+        return all((metrics.get(m) or {}).get(role) for m in ("before", "full", "minimal"))
+
+    if not measured("dsr"):
+        return {}
+    config = replace(config, **{guard: None for role, guard in _GUARD_OF.items() if not measured(role)})
+    passed, criteria = apply_rule(config, metrics["before"], metrics["full"], metrics["minimal"])
+    full_passed, _ = apply_rule(config, metrics["before"], metrics["full"], metrics["full"])
+    return {"passed": passed, "criteria": criteria, "full_passed": full_passed}
+
+
+def heldout_text(check: dict) -> str:
+    """`heldout_check`'s outcome in one line."""
+    from ddalign.evaluate.oracle import criterion_text
+
+    if check["passed"]:
+        return "on the held-out sets the minimal patch meets the oracle's rule too"
+    missed = "; ".join(criterion_text(k, v) for k, v in check["criteria"].items() if not v["passed"])
+    why = ("it fitted the search's prompts: search on more of them (--limit, --harmful) or with a higher "
+           "--target-fraction" if check["full_passed"] else "so does the full transplant")
+    return f"on the held-out sets the minimal patch misses the oracle's rule ({missed}): {why}"
 
 
 def _extents(arch, kept: list[str]) -> dict[str, int | None]:

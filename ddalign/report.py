@@ -75,6 +75,12 @@ def markdown(summary: dict, tests: list[dict]) -> str:
     for label, m, params in rows:
         out.append(f"| {label} | " + " | ".join(_cell(k, (m or {}).get(k)) for k, _, _ in METRICS)
                    + f" | {share(params)} |")
+    heldout = summary.get("heldout_check")
+    if heldout:
+        from ddalign.minimise import heldout_text
+
+        text = heldout_text(heldout)
+        out += ["", (text[0].upper() + text[1:]) + "."]
     data = summary.get("data", {})
     if data:
         out += ["", "Search sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("search", {}).items()),

@@ -150,3 +150,11 @@ def test_report_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert "report.md" in result.output and "kept_map.png" in result.output
     assert (run / "report.md").exists() and (run / "trajectory.png").exists()
+
+
+def test_report_says_whether_the_rule_holds_on_heldout_sets(tmp_path):
+    summary = {**_summary(), "heldout_check": {"passed": False, "full_passed": True,
+                                               "criteria": {"dsr": {"k": 30, "need": 35, "passed": False}}}}
+    text = write_report(_run_folder(tmp_path, TESTS, summary)).markdown.read_text()
+    assert "On the held-out sets the minimal patch misses the oracle's rule (dsr 30 < 35 needed)" in text
+    assert "fitted the search's prompts" in text
