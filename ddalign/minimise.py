@@ -527,8 +527,8 @@ def heldout_text(check: dict) -> str:
     if check["passed"]:
         return "on the held-out sets the minimal patch meets the oracle's rule too"
     missed = "; ".join(criterion_text(k, v) for k, v in check["criteria"].items() if not v["passed"])
-    why = ("it fitted the search's prompts: search on more of them (--limit, --harmful) or with a higher "
-           "--target-fraction" if check["full_passed"] else "so does the full transplant")
+    why = ("it met the rule on the search's prompts only: search on more prompts (--limit, --harmful, --safe) "
+           "or with stricter bounds" if check["full_passed"] else "so does the full transplant")
     return f"on the held-out sets the minimal patch misses the oracle's rule ({missed}): {why}"
 
 

@@ -157,4 +157,4 @@ def test_report_says_whether_the_rule_holds_on_heldout_sets(tmp_path):
                                                "criteria": {"dsr": {"k": 30, "need": 35, "passed": False}}}}
     text = write_report(_run_folder(tmp_path, TESTS, summary)).markdown.read_text()
     assert "On the held-out sets the minimal patch misses the oracle's rule (dsr 30 < 35 needed)" in text
-    assert "fitted the search's prompts" in text
+    assert "on the search's prompts only" in text
