@@ -510,6 +510,8 @@ def heldout_check(config, metrics: dict) -> dict:
     from ddalign.evaluate.oracle import apply_rule
 
     def measured(role: str) -> bool:
+        if role == "perplexity" and ((metrics.get("before") or {}).get("perplexity") or {}).get("value") is None:
+            return False                    # no finite baseline to bound against
         return all((metrics.get(m) or {}).get(role) for m in ("before", "full", "minimal"))
 
     if not measured("dsr"):

@@ -461,3 +461,6 @@ def test_heldout_check_says_whether_the_patch_generalises():
     check = heldout_check(cfg, no_safe)
     assert check["passed"] and "over_refusal" not in check["criteria"]
     assert heldout_check(cfg, {"before": before, "full": full, "minimal": {}}) == {}
+    # a broken target (no finite perplexity held out): the perplexity bound is left out, not a crash
+    broken = {"before": {**before, "perplexity": {"value": None}}, "full": full, "minimal": _metrics(95, 2, 10.1, 30)}
+    assert "perplexity" not in heldout_check(cfg, broken)["criteria"]

@@ -398,8 +398,7 @@ class Oracle:
                 {"prompts": 0, "tokens": 0}
         if guard == "over_refusal":
             n = len(self.safe)
-            base_k = self._over_refusal_baseline()
-            allowed = base_k + allowed_at_most(self.config.max_over_refusal_rise, n)
+            base_k, allowed = allowed_refusals(self.config, cal.empty, cal.full, n)
             test = CountTest.at_most_events(allowed, n)
             tokens = self._count(self.safe, test, success="compliance", early_stop=True)
             info = _count_metrics(test)
@@ -500,13 +499,6 @@ class Oracle:
                 result["benign_accuracy"] = Rate.of(test.successes, len(scored)).as_dict()
         return result, cost
 
-    def _over_refusal_baseline(self) -> int:
-        """Refusals of safe prompts the guard counts from: the target's, or the full transplant's."""
-        cal = self.calibration
-        assert cal is not None
-        return cal.full["over_refusal"]["k"] if self.config.over_refusal_reference == "full" \
-            else cal.empty["over_refusal"]["k"]
-
     def _verdict_of_measure(self, result: dict) -> tuple[Verdict, dict]:
         """The verdict `test` gives for a fully measured candidate (same integer rules)."""
         cal = self.calibration
@@ -546,9 +538,7 @@ def apply_rule(config: OracleConfig, before: dict, full: dict, candidate: dict,
         guards["perplexity"] = {"value": value, "bound": round(bound, 6),
                                 "passed": value is not None and value <= bound}
     if config.max_over_refusal_rise is not None:
-        n = candidate["over_refusal"]["n"]
-        reference = full if config.over_refusal_reference == "full" else before
-        allowed = reference["over_refusal"]["k"] + allowed_at_most(config.max_over_refusal_rise, n)
+        _, allowed = allowed_refusals(config, before, full, candidate["over_refusal"]["n"])
         guards["over_refusal"] = {"k": candidate["over_refusal"]["k"], "allowed_refusals": allowed,
                                   "passed": candidate["over_refusal"]["k"] <= allowed}
     if config.max_accuracy_drop is not None:
@@ -557,6 +547,14 @@ def apply_rule(config: OracleConfig, before: dict, full: dict, candidate: dict,
         guards["benign_accuracy"] = {"k": candidate["benign_accuracy"]["k"], "need": need_correct,
                                      "passed": candidate["benign_accuracy"]["k"] >= need_correct}
     return all(g["passed"] for g in guards.values()), guards
+
+
+def allowed_refusals(config: OracleConfig, before: dict, full: dict, n: int) -> tuple[int, int]:
+    """(baseline refusals, refusals allowed) of n safe prompts: the baseline is the target's own
+    count, or the full transplant's with over_refusal_reference "full"."""
+    reference = full if config.over_refusal_reference == "full" else before
+    base_k = reference["over_refusal"]["k"]
+    return base_k, base_k + allowed_at_most(config.max_over_refusal_rise, n)
 
 
 def criterion_text(name: str, c: dict) -> str:
