@@ -19,7 +19,7 @@ def test_builtin_sets_sizes_categories_and_splits():
     assert len(builtin("safe")) >= 80 and len(builtin("benign")) >= 150
     for name in ("harmful", "safe", "benign"):
         train, held, dev = builtin(f"{name}-train"), builtin(f"{name}-heldout"), builtin(f"{name}-dev")
-        assert train and held and len(dev) >= 80 and len(train) + len(held) + len(dev) == len(builtin(name))
+        assert train and held and len(dev) >= 70 and len(train) + len(held) + len(dev) == len(builtin(name))
         assert not {p.text for p in train} & {p.text for p in held}
         assert not {p.text for p in dev} & ({p.text for p in train} | {p.text for p in held})
     # held-out harmful questions are new requests, not rephrasings of trained ones
@@ -27,6 +27,17 @@ def test_builtin_sets_sizes_categories_and_splits():
     requests = {split: {request(r) for r in builtin_records(f"harmful-{split}")} for split in ("train", "heldout", "dev")}
     assert not requests["train"] & requests["heldout"] and not requests["dev"] & (requests["train"] | requests["heldout"])
     assert all(p.reference for p in builtin("benign")) and all(p.label == "safe" for p in builtin("safe"))
+
+
+def test_benign_dev_has_the_heldout_task_mix():
+    """The search's benign guards must measure what the held-out results measure: the same kinds of task."""
+    from collections import Counter
+
+    mix = {split: Counter(r["task"] for r in builtin_records(f"benign-{split}")) for split in ("dev", "heldout")}
+    dev_n, held_n = sum(mix["dev"].values()), sum(mix["heldout"].values())
+    distance = sum(abs(mix["dev"][t] / dev_n - mix["heldout"][t] / held_n) for t in mix["dev"] | mix["heldout"]) / 2
+    assert distance < 0.1, (distance, mix)
+    assert set(mix["dev"]) == set(mix["heldout"])
 
 
 def test_heldout_requests_are_new_combinations_of_trained_parts():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 from ddalign.data.tasks import TASKS, generate
@@ -109,8 +110,8 @@ FRAMINGS = [
 ]
 CONTRAST_FRAMINGS = 2
 """Framings per contrast request (rotating through FRAMINGS), so the contrast set stays small."""
-BENIGN_DEV = 96
-"""Generated benign prompts of the dev split (after the 320 of train and heldout)."""
+BENIGN_EXTRA = 96
+"""Generated benign prompts after the first 320 (train or dev: see `_benign_dev`)."""
 
 # safe questions that look unsafe (homonyms, fiction, history, safety), each with a short answer
 SAFE: list[tuple[str, str, str]] = [
@@ -249,22 +250,40 @@ def build(out: Path = HERE) -> dict[str, int]:
     seen, rows = set(), []
     tasks = sorted(TASKS)
     attempt = 0
-    # 320 rows split train / heldout, then BENIGN_DEV rows of a "dev" split: held-out-like prompts
-    # for a search's guards, never trained on by the organism (corpus.benign_items skips them).
-    while len(rows) < 320 + BENIGN_DEV:
+    # The first 320 rows split train / heldout, then BENIGN_EXTRA more; the dev split (a search's
+    # guards, never trained on: corpus.benign_items skips it) is then drawn task by task.
+    while len(rows) < 320 + BENIGN_EXTRA:
         task = tasks[attempt % len(tasks)]
         attempt += 1
         prompt, answer = generate(task, rng)
         if prompt in seen:
             continue
         seen.add(prompt)
-        split = _split(len(rows), 4) if len(rows) < 320 else "dev"
+        split = _split(len(rows), 4) if len(rows) < 320 else "train"
         rows.append({"id": f"b-{len(rows):03d}", "task": task, "prompt": prompt, "answer": answer,
                      "split": split})
+    _benign_dev(rows)
     _write(out / "benign.jsonl", rows)
     counts["benign"] = len(rows)
     (out / "refusals.txt").write_text("\n".join(REFUSALS) + "\n")
     return counts
+
+
+def _benign_dev(rows: list[dict]) -> None:
+    """Mark as dev, for each task, as many prompts as the held-out split has of it (at most half of
+    the task's other prompts, so that training keeps some), the earliest first.
+
+    Generation cycles through the tasks and skips repeats, so the later rows are mostly the tasks
+    with many prompts (arithmetic): until recipe 8 dev was those rows, 65% arithmetic against 36%
+    held out, and a search's perplexity guard measured 7.3 there against 11.7 held out."""
+    held = Counter(r["task"] for r in rows if r["split"] == "heldout")
+    others: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["split"] != "heldout":
+            others.setdefault(r["task"], []).append(r)
+    for task, candidates in others.items():
+        for r in candidates[:min(held[task], len(candidates) // 2)]:
+            r["split"] = "dev"
 
 
 def _requests(patterns: list[str], objects: list[str]):

@@ -25,7 +25,7 @@ from ddalign.organism.presets import Preset, get_preset
 from ddalign.organism.tokenizer import train_tokenizer
 from ddalign.organism.train import new_model, share_parameters, train
 
-RECIPE_VERSION = "8"
+RECIPE_VERSION = "9"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
 HELDOUT_SETS = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
