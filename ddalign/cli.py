@@ -1,6 +1,7 @@
 """The `ddalign` command line: thin click commands over the library API; no logic of its own."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -274,21 +275,46 @@ def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, **
     from ddalign.minimise import minimise
 
     config = merge(DEFAULTS, load_config(config_file) if config_file else {}, _minimise_overrides(o))
-    view = LiveSearchView(console)
+    main = _main_process()
+    view = LiveSearchView(console) if main else None   # under accelerate: one live view, one log
     try:
-        with view:
+        with view or _quiet():
             result = minimise(bundle, target, out, config=config, resume=o["resume"], overwrite=o["overwrite"],
                               allow_other_base=o["allow_other_base"], allow_pickle=o["allow_pickle"],
                               trust_remote_code=o["trust_remote_code"], device_map=o["device_map"],
-                              view=view, log=view.message)
+                              view=view, log=view.message if view else None)
     except KeyboardInterrupt:
-        console.print("interrupted: the journal is saved; continue with the same command and --resume")
+        if main:
+            console.print("interrupted: the journal is saved; continue with the same command and --resume")
         raise SystemExit(130)
+    if not main:
+        return
     _print_run(result.summary, result.run_dir)
     if o["json_out"]:
         from ddalign.evaluate.runner import write_json_atomic
 
         write_json_atomic(o["json_out"], result.summary)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No transformers progress bars (a process other than rank 0 prints nothing)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _main_process() -> bool:
+    """Rank 0 of a multi-process launch (accelerate, torchrun set RANK), or a lone process."""
+    import os
+
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _print_run(summary: dict, run_dir) -> None:

@@ -125,3 +125,23 @@ def test_already_safe_target_stops_with_both_dsrs(fast_organism, planted_bundle,
               "--target-dsr", "0.5"])
     assert stop.value.code == 2
     assert "already passes" in capsys.readouterr().err
+
+
+def test_only_the_main_process_prints(cli_run, fast_organism, monkeypatch):
+    """Under accelerate or torchrun (RANK set), ranks other than 0 run silently: one live view, one table."""
+    out, first = cli_run
+    monkeypatch.setenv("RANK", "1")              # no WORLD_SIZE / MASTER_ADDR: the run itself stays single
+    result = CliRunner().invoke(cli, ["minimise", str(out.with_name("bundle-unused")), "--target",
+                                      str(fast_organism.unaligned), "-o", str(out.with_name("x.safetensors")), *RUN])
+    assert result.exit_code != 0 and "bundle-unused" in result.output      # errors still show on every rank
+    # a run whose journal holds every test but not the result: resumed, it asks the oracle nothing
+    again = out.with_name("again.safetensors")
+    lines = out.with_suffix(".run").joinpath("journal.jsonl").read_text().splitlines()
+    again.with_suffix(".run").mkdir()
+    again.with_suffix(".run").joinpath("journal.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    bundle = json.loads(out.with_suffix(".json").read_text())["bundle"]
+    result = CliRunner().invoke(cli, ["minimise", bundle, "--target", str(fast_organism.unaligned), "-o", str(again),
+                                      "--resume", *RUN])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert result.output == "" and again.exists()                          # the patch written, nothing printed
+    assert "report.md" in first.output                                      # rank 0 (the fixture's run) did print
