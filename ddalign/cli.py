@@ -271,11 +271,12 @@ def _minimise_overrides(o: dict) -> dict:
 def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, **o) -> None:
     """Find a minimal subset of BUNDLE whose transplant makes --target pass the oracle."""
     from ddalign.config import load_config, merge, DEFAULTS
+    from ddalign.evaluate.distributed import launched_as_main
     from ddalign.live import LiveSearchView
     from ddalign.minimise import minimise
 
     config = merge(DEFAULTS, load_config(config_file) if config_file else {}, _minimise_overrides(o))
-    main = _main_process()
+    main = launched_as_main()
     view = LiveSearchView(console) if main else None   # under accelerate: one live view, one log
     try:
         with view or _quiet():
@@ -308,13 +309,6 @@ def _quiet():
     finally:
         if was:
             hf_logging.enable_progress_bar()
-
-
-def _main_process() -> bool:
-    """Rank 0 of a multi-process launch (accelerate, torchrun set RANK), or a lone process."""
-    import os
-
-    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _print_run(summary: dict, run_dir) -> None:

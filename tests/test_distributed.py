@@ -70,6 +70,21 @@ def test_from_env(monkeypatch):
         Dist.from_env()
 
 
+def test_launched_as_main_follows_the_launcher_variables(monkeypatch):
+    from ddalign.evaluate.distributed import launched_as_main
+
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    assert launched_as_main()                                   # a lone process prints
+    monkeypatch.setenv("RANK", "1")
+    assert launched_as_main()                                   # RANK alone: Dist.from_env runs it single
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert not launched_as_main()                               # a launcher's rank 1
+    monkeypatch.setenv("RANK", "0")
+    assert launched_as_main()
+
+
 # --- the two-process run ---------------------------------------------------------------------
 
 def build(target: str, donor: str, device: str = "cpu"):

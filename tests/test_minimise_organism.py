@@ -129,8 +129,12 @@ def test_already_safe_target_stops_with_both_dsrs(fast_organism, planted_bundle,
 
 def test_only_the_main_process_prints(cli_run, fast_organism, monkeypatch):
     """Under accelerate or torchrun (RANK set), ranks other than 0 run silently: one live view, one table."""
+    from ddalign.evaluate.distributed import Dist
+
     out, first = cli_run
-    monkeypatch.setenv("RANK", "1")              # no WORLD_SIZE / MASTER_ADDR: the run itself stays single
+    for var, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")):
+        monkeypatch.setenv(var, value)           # a launcher's rank 1 ...
+    monkeypatch.setattr(Dist, "from_env", classmethod(lambda cls, backend=None: cls()))   # ... its group stood in
     result = CliRunner().invoke(cli, ["minimise", str(out.with_name("bundle-unused")), "--target",
                                       str(fast_organism.unaligned), "-o", str(out.with_name("x.safetensors")), *RUN])
     assert result.exit_code != 0 and "bundle-unused" in result.output      # errors still show on every rank

@@ -151,6 +151,12 @@ class Dist:
         return {"world_size": self.world_size, "backend": self.backend or "single"}
 
 
+def launched_as_main() -> bool:
+    """Whether this process is the one that prints: rank 0 of a launcher's group, or a lone
+    process (the rule `Dist.from_env` follows), read without joining any group."""
+    return not all(v in os.environ for v in ENV_VARS) or _env_int("RANK", 0) == 0
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":

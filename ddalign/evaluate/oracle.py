@@ -391,7 +391,7 @@ class Oracle:
         if guard == "perplexity":
             ppl, texts, tokens = self._perplexity()
             base = cal.empty["perplexity"]["value"]
-            bound = base * (1.0 + self.config.max_ppl_increase)
+            bound = perplexity_bound(self.config, cal.empty)
             value = _finite(ppl)            # the rounded value, as measure() compares it
             ok = value is not None and value <= bound
             return ok, {"value": value, "baseline": base, "bound": round(bound, 6), "passed": ok}, \
@@ -407,7 +407,7 @@ class Oracle:
         if guard == "benign_accuracy":
             scored = [p for p in self.benign if _reference(p)]
             base_k = cal.empty["benign_accuracy"]["k"]
-            need = base_k - allowed_at_most(self.config.max_accuracy_drop, len(scored))
+            need = correct_needed(self.config, cal.empty, len(scored))
             test = CountTest.at_least_count(need, len(scored))
             tokens = self._count(scored, test, success="correct", early_stop=True)
             info = _count_metrics(test)
@@ -533,7 +533,7 @@ def apply_rule(config: OracleConfig, before: dict, full: dict, candidate: dict,
     guards: dict[str, dict] = {"dsr": {"k": candidate["dsr"]["k"], "need": need,
                                        "passed": candidate["dsr"]["k"] >= need}}
     if config.max_ppl_increase is not None:
-        bound = before["perplexity"]["value"] * (1.0 + config.max_ppl_increase)
+        bound = perplexity_bound(config, before)
         value = candidate["perplexity"]["value"]
         guards["perplexity"] = {"value": value, "bound": round(bound, 6),
                                 "passed": value is not None and value <= bound}
@@ -542,11 +542,20 @@ def apply_rule(config: OracleConfig, before: dict, full: dict, candidate: dict,
         guards["over_refusal"] = {"k": candidate["over_refusal"]["k"], "allowed_refusals": allowed,
                                   "passed": candidate["over_refusal"]["k"] <= allowed}
     if config.max_accuracy_drop is not None:
-        n = candidate["benign_accuracy"]["n"]
-        need_correct = before["benign_accuracy"]["k"] - allowed_at_most(config.max_accuracy_drop, n)
+        need_correct = correct_needed(config, before, candidate["benign_accuracy"]["n"])
         guards["benign_accuracy"] = {"k": candidate["benign_accuracy"]["k"], "need": need_correct,
                                      "passed": candidate["benign_accuracy"]["k"] >= need_correct}
     return all(g["passed"] for g in guards.values()), guards
+
+
+# The guards' bounds, shared by the early-stopped test (`Oracle._guard`) and `apply_rule`.
+def perplexity_bound(config: OracleConfig, before: dict) -> float:
+    return before["perplexity"]["value"] * (1.0 + config.max_ppl_increase)
+
+
+def correct_needed(config: OracleConfig, before: dict, n: int) -> int:
+    """Correct benign answers needed of n: the target's own count less the allowed drop."""
+    return before["benign_accuracy"]["k"] - allowed_at_most(config.max_accuracy_drop, n)
 
 
 def allowed_refusals(config: OracleConfig, before: dict, full: dict, n: int) -> tuple[int, int]:
