@@ -10,6 +10,10 @@ needed set of m = 1, 4 or 16 of them, and one oracle:
   threshold    non-monotone: PASS iff weights sum to m - 0.25 (needed: 1.0; a few others +0.3
                or -0.3), so other 1-minimal sets exist.
 A prior (the bundle's delta norms) is simulated: log-normal noise, needed components x2.
+A second table reruns ProbDD and the hierarchical search with worse priors on the same cases:
+  uninformative  log-normal noise (sigma 1) only;
+  misleading     the needed components x0.5, and 5% of the others x10;
+  outliers       the noise plus 5% of the components x20, needed or not.
 
 Algorithms, all on the same oracles, every result checked passing and 1-minimal:
   ddmin        ddalign.search.ddmin, the reference (ratios are to its tests);
@@ -25,6 +29,7 @@ A run that exceeds --cap-tests oracle calls or --cap-seconds is stopped and show
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import random
 import sys
@@ -58,6 +63,7 @@ class Case:
     oracle: object          # leaves (list of ints) -> Verdict
     prior: dict             # unit -> weight, for leaves, modules and layers
     monotone: bool
+    needed: frozenset = frozenset()
 
     def units(self):
         layers, modules, blocks = self.shape
@@ -112,11 +118,35 @@ def make_case(n: int, m: int, kind: str, seed: int) -> Case:
         def oracle(s):
             return Verdict.PASS if sum(weights[x] for x in s) >= m - 0.25 else Verdict.FAIL
     prior = {x: rng.lognormvariate(0, 0.5) * (2.0 if x in needed else 1.0) for x in range(n)}
+    return Case(n, m, kind, SHAPES[n], oracle, _with_units(prior, SHAPES[n]),
+                kind in ("monotone", "mono-spread"), frozenset(needed))
+
+
+def _with_units(prior: dict, shape: tuple[int, int, int]) -> dict:
+    """Leaf weights plus the module and layer weights (sums), as the bundle's prior has them."""
+    layers, modules, blocks = shape
     for i in range(layers):
         for j in range(modules):
             prior[("M", i, j)] = sum(prior[(i * modules + j) * blocks + k] for k in range(blocks))
         prior[("L", i)] = sum(prior[("M", i, j)] for j in range(modules))
-    return Case(n, m, kind, SHAPES[n], oracle, prior, kind in ("monotone", "mono-spread"))
+    return prior
+
+
+PRIORS = ("uninformative", "misleading", "outliers")
+
+
+def worse_prior(case: Case, kind: str, seed: int) -> dict:
+    """A prior that carries no information, or the wrong one (see the module docstring)."""
+    rng = random.Random(seed)
+    prior = {}
+    for x in range(case.n):
+        w = rng.lognormvariate(0, 1.0)
+        if kind == "misleading":
+            w *= 0.5 if x in case.needed else (10.0 if rng.random() < 0.05 else 1.0)
+        elif kind == "outliers" and rng.random() < 0.05:
+            w *= 20.0
+        prior[x] = w
+    return _with_units(prior, case.shape)
 
 
 class Budget:
@@ -217,6 +247,7 @@ def main() -> None:
     ratios: dict[str, list[float]] = {a: [] for a in algorithms}
     seconds: dict[str, float] = dict.fromkeys(algorithms, 0.0)
     calls: dict[str, int] = dict.fromkeys(algorithms, 0)
+    by_prior: dict[tuple[str, str], list[float]] = {(pk, a): [] for pk in PRIORS for a in ("probdd+prior", "hier")}
     for n in sizes:
         if n not in SHAPES:
             parser.error(f"--sizes: {n} has no layer x module x block shape; use 64, 256, 1024")
@@ -243,6 +274,13 @@ def main() -> None:
                     mark = "" if out.ok else "*"
                     cells.append(f"{out.tests}{ratio} /{out.size}{mark}")
                 table.add_row(str(n), str(m), kind, *cells)
+                for pk in PRIORS if base else ():
+                    worse = dataclasses.replace(case, prior=worse_prior(case, pk, zlib.crc32(f"{pk}/{n}/{m}/{kind}".encode())))
+                    for a in ("probdd+prior", "hier"):
+                        out = measure(a, worse, args.cap_tests, args.cap_seconds)
+                        if out.tests is not None:
+                            assert out.ok, f"{a} with a {pk} prior: result not 1-minimal"
+                            by_prior[pk, a].append(out.tests / base)
                 console.print(f"[dim]done n={n} m={m} {kind}[/dim]")
     console.print(table)
     summary = Table(title="summary over the rows where ddmin finished")
@@ -258,8 +296,19 @@ def main() -> None:
                         "-" if a == "ddmin" else str(len(r)), str(calls[a]),
                         f"{seconds[a]:.1f}", f"{per:.0f}")
     console.print(summary)
+    quality = Table(title="the prior's quality: geo-mean ratio to ddmin (rows)")
+    for col in ("prior", "probdd+prior", "hier"):
+        quality.add_column(col, justify="right")
+    quality.add_row("informative (above)", *(_geo(ratios.get(a, [])) for a in ("probdd+prior", "hier")))
+    for pk in PRIORS:
+        quality.add_row(pk, *(_geo(by_prior[pk, a]) for a in ("probdd+prior", "hier")))
+    console.print(quality)
     console.print("wall times include the synthetic oracle (microseconds a call): they measure "
                   "each algorithm's own overhead, not a model's evaluation time.")
+
+
+def _geo(r: list[float]) -> str:
+    return f"{math.exp(sum(math.log(x) for x in r) / len(r)):.2f} ({len(r)})" if r else "-"
 
 
 if __name__ == "__main__":

@@ -116,6 +116,37 @@ def test_result_is_passing_and_one_minimal(algorithm, case):
     assert final == sorted(final)
 
 
+@pytest.mark.parametrize("algorithm", ["probdd", "hierarchical"])
+@FAST
+@given(case=oracles(), data=st.data())
+def test_any_prior_keeps_the_result_passing_and_one_minimal(algorithm, case, data):
+    # weights of every kind: ties, zeros, outliers far above the median (which raise an item's
+    # probability of being needed as far as the answers trust them)
+    n, oracle, _ = case
+    weights = data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0, 50.0, 1e6]),
+                                 min_size=n, max_size=n))
+    prior = {i: w for i, w in enumerate(weights)}
+    prior.update({tuple(range(i, min(i + 4, n))): sum(weights[i:i + 4]) for i in range(0, n, 4)})
+    recorder = Recorder(oracle)
+    result = run(algorithm, range(n), recorder, prior=prior)
+    assert is_one_minimal(flatten(result.minimal), oracle)
+    assert result.tests == len(recorder.calls)
+
+
+def test_an_informative_prior_saves_tests_and_a_misleading_one_stays_exact():
+    # 64 components, 4 needed, whose delta norms stand out as the organism's planted ones do
+    # (two unneeded ones stand out with them)
+    needed = {10, 11, 30, 31}
+    informative = {i: 20.0 if i in needed | {12, 32} else 1.0 + (i % 7) / 10 for i in range(64)}
+    misleading = {i: 20.0 if i in {4, 7, 8, 18, 40, 52, 55, 58} else 1.0 + (i % 7) / 10
+                  for i in range(64)}
+    plain = probdd(range(64), Recorder(monotone(needed)))
+    guided = probdd(range(64), Recorder(monotone(needed)), prior=informative)
+    misled = probdd(range(64), Recorder(monotone(needed)), prior=misleading)
+    assert sorted(plain.minimal) == sorted(guided.minimal) == sorted(misled.minimal) == sorted(needed)
+    assert guided.tests < plain.tests
+
+
 @pytest.mark.parametrize("algorithm", ["ddmin", "probdd"])
 @FAST
 @given(n=st.integers(1, 40), data=st.data())
