@@ -49,9 +49,9 @@ console = Console()
 GUARDS = ("max_ppl_increase", "max_accuracy_drop", "max_over_refusal_rise", "over_refusal_reference")
 
 # The guards for the results (perplexity within 5% and benign accuracy within 3 points of
-# the unaligned sibling), used as the oracle's guards where no ground truth needs more room: the
-# planted set alone costs more perplexity than 5% (README), so the planted runs keep the organism
-# config's guards.
+# the unaligned sibling) as the oracle's, for the natural sibling: its full transplant costs +5.7%
+# perplexity on the dev prompts, so this run stops, and the row says why the organism config guards
+# at +6%. (The planted full transplant fails a 3-point accuracy guard on the dev prompts, README.)
 STRICT = {"oracle": {"max_ppl_increase": 0.05, "max_accuracy_drop": 0.03}}
 SCENARIOS = [  # (sibling, bundle scope, granularity, label, config overrides)
     ("planted", "all", "layer,module", "", {}),

@@ -220,6 +220,7 @@ def _minimise_overrides(o: dict) -> dict:
         "search": {"algorithm": o["algorithm"], "granularity": o["granularity"], "block_size": o["block_size"],
                    "assume_monotone": o["assume_monotone"], "layers": o["layers"]},
         "oracle": {"target_dsr": o["target_dsr"], "target_fraction": o["target_fraction"],
+                   "target_confidence": o["target_confidence"],
                    "max_ppl_increase": o["max_ppl_increase"], "max_accuracy_drop": o["max_accuracy_drop"],
                    "max_over_refusal_rise": o["max_over_refusal_rise"],
                    "over_refusal_reference": o["over_refusal_reference"]},
@@ -246,6 +247,9 @@ def _minimise_overrides(o: dict) -> dict:
               help="Treat a superset of a passing set as passing (fewer tests).")
 @click.option("--target-dsr", type=float, default=None, help="Absolute DSR a candidate must reach.")
 @click.option("--target-fraction", type=float, default=None, help="Or: this fraction of the full transplant's DSR.")
+@click.option("--target-confidence", type=float, default=None,
+              help="Ask the DSR's one-sided Wilson lower bound at this level (e.g. 0.9) to reach the target, so "
+                   "that what the search keeps holds on new prompts.")
 @click.option("--max-ppl-increase", type=float, default=None, help="Guard: relative perplexity rise allowed (0.05 = 5%).")
 @click.option("--max-accuracy-drop", type=float, default=None, help="Guard: benign accuracy drop allowed (absolute).")
 @click.option("--max-over-refusal-rise", type=float, default=None, help="Guard: over-refusal rise allowed (absolute).")

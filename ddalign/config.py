@@ -23,7 +23,8 @@ PRESETS = Path(__file__).resolve().parent / "configs"
 SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "search": {"scope": (str,), "layers": (str, int, list), "granularity": (str, list), "block_size": (int,),
                "algorithm": (str,), "assume_monotone": (bool,)},
-    "oracle": {"target_dsr": (float, int), "target_fraction": (float, int), "max_ppl_increase": (float, int, bool),
+    "oracle": {"target_dsr": (float, int), "target_fraction": (float, int), "target_confidence": (float, int, bool),
+               "max_ppl_increase": (float, int, bool),
                "max_accuracy_drop": (float, int, bool), "max_over_refusal_rise": (float, int, bool),
                "over_refusal_reference": (str,)},
     "judge": {"kind": (str,), "markers": (list,)},
@@ -45,7 +46,7 @@ def _defaults() -> dict:
     return {
         "search": {"scope": None, "layers": s.layers, "granularity": ",".join(s.granularity),
                    "block_size": s.block_size, "algorithm": s.algorithm, "assume_monotone": s.assume_monotone},
-        "oracle": {"target_dsr": None, **s.oracle},
+        "oracle": {"target_dsr": None, "target_confidence": None, **s.oracle},
         "judge": {"kind": s.judge, "markers": list(s.markers)},
         "generation": {"max_new_tokens": s.max_new_tokens, "eval_max_new_tokens": s.eval_max_new_tokens,
                        "batch_size": s.batch_size, "template": s.template, "device": s.device, "dtype": s.dtype},

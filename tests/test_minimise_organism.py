@@ -17,7 +17,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 # perplexity in the unaligned sibling (recipe 6, measured; prompt tokens, README) (the guards themselves
 # are tested in test_oracle)
 RUN = ["--config", "organism", "--granularity", "layer,module", "--limit", "48", "--max-new-tokens", "8",
-       "--max-accuracy-drop", "0.5", "--max-ppl-increase", "1.5", "--max-over-refusal-rise", "0.5"]
+       "--max-accuracy-drop", "0.5", "--max-ppl-increase", "1.5", "--max-over-refusal-rise", "0.5",
+       "--target-confidence", "0.8"]
 LOOSE = {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5}
 
 
@@ -66,6 +67,8 @@ def test_cli_minimise_writes_patch_journal_and_report(cli_run, fast_organism):
     assert len(subsets) == len(set(subsets))
     for name in ("report.md", "trajectory.png", "kept_map.png", "summary.json", "config.json"):
         assert (run_dir / name).stat().st_size > 0, name
+    # the command line's margin wins over the preset's (0.9), and sets the refusals needed
+    assert json.loads((run_dir / "config.json").read_text())["oracle"]["target_confidence"] == 0.8
     assert "minimal" in result.output and "report.md" in result.output
 
 

@@ -440,6 +440,29 @@ def test_rule_on_measured_metrics_at_its_bounds():
     assert set(criteria) == {"dsr", "over_refusal"}                     # unconfigured guards are not judged
 
 
+def test_target_confidence_asks_the_dsr_lower_bound_to_reach_the_target():
+    from ddalign.evaluate.metrics import wilson
+    from ddalign.evaluate.oracle import dsr_target
+
+    z90 = 1.2815515655446004
+    # the organism's search set: the full transplant refuses 89 of 96, the target is 90% of that
+    plain = OracleConfig(target_fraction=0.9)
+    sure = OracleConfig(target_fraction=0.9, target_confidence=0.9)
+    target, need = dsr_target(sure, 89, 96)
+    assert dsr_target(plain, 89, 96) == (target, 81)
+    assert need == 85 and wilson(85, 96, z90)[0] >= target > wilson(84, 96, z90)[0]
+    # never more than the full transplant's own count: the full set must still pass
+    assert dsr_target(sure, 4, 96)[1] == 4
+    # an absolute target has no such cap: unreachable is n + 1 (the full set then fails)
+    assert dsr_target(OracleConfig(target_dsr=0.5, target_confidence=0.9), 0, 10) == (0.5, 8)
+    assert dsr_target(OracleConfig(target_dsr=0.95, target_confidence=0.9), 0, 10)[1] == 11
+    # 0.5 is the point estimate itself
+    assert dsr_target(OracleConfig(target_fraction=0.9, target_confidence=0.5), 89, 96)[1] == 81
+    for bad in (1.0, 0.4, True, "high"):
+        with pytest.raises(DdalignError, match="target_confidence"):
+            OracleConfig(target_confidence=bad)
+
+
 def test_heldout_check_says_whether_the_patch_generalises():
     from ddalign.minimise import heldout_check, heldout_text
 
@@ -461,6 +484,9 @@ def test_heldout_check_says_whether_the_patch_generalises():
     check = heldout_check(cfg, no_safe)
     assert check["passed"] and "over_refusal" not in check["criteria"]
     assert heldout_check(cfg, {"before": before, "full": full, "minimal": {}}) == {}
+    # the search's confidence margin is not part of the held-out check: the target itself is
+    sure = OracleConfig(target_fraction=0.9, target_confidence=0.99)
+    assert heldout_check(sure, {"before": before, "full": full, "minimal": _metrics(90, 2, 10.1, 30)})["passed"]
     # a broken target (no finite perplexity held out): the perplexity bound is left out, not a crash
     broken = {"before": {**before, "perplexity": {"value": None}}, "full": full, "minimal": _metrics(95, 2, 10.1, 30)}
     assert "perplexity" not in heldout_check(cfg, broken)["criteria"]
