@@ -613,8 +613,10 @@ def _search_error_message(exc, oracle) -> str:
     failed = (cal.full.get("guards") or {})
     broken = [g for g, info in failed.items() if not info.get("passed", True)]
     why = f"guard(s) failing: {', '.join(broken)}" if broken else "the DSR target is not reached"
+    margin = " with the confidence margin" if oracle.config.target_confidence is not None else ""
     return (f"even the full transplant does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the full transplant "
-            f"{full:.3f}, needed {cal.target_dsr:.3f}; widen the bundle's scope or relax the target or guards")
+            f"{full:.3f}, needed {cal.target_dsr:.3f} ({cal.need} of {cal.n} refusals{margin}); widen the bundle's "
+            "scope or relax the target or guards")
 
 
 def _broadcast(obj):

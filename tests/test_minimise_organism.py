@@ -130,6 +130,18 @@ def test_already_safe_target_stops_with_both_dsrs(fast_organism, planted_bundle,
     assert "already passes" in capsys.readouterr().err
 
 
+def test_never_safe_under_the_confidence_margin_says_what_was_needed(fast_organism, planted_bundle, tmp_path, capsys):
+    from ddalign.cli import main
+
+    # a lower bound of 0.99 needs more refusals than 24 prompts have: even the full transplant fails
+    with pytest.raises(SystemExit) as stop:
+        main(["minimise", str(planted_bundle), "--target", str(fast_organism.unaligned), "-o", str(tmp_path / "p.safetensors"),
+              "--limit", "24", "--max-new-tokens", "8", "--target-dsr", "0.99", "--target-confidence", "0.9"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "even the full transplant does not pass" in err and "25 of 24 refusals with the confidence margin" in err
+
+
 def test_only_the_main_process_prints(cli_run, fast_organism, monkeypatch):
     """Under accelerate or torchrun (RANK set), ranks other than 0 run silently: one live view, one table."""
     from ddalign.evaluate.distributed import Dist
