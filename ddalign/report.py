@@ -54,6 +54,29 @@ def _number(x) -> str:
     return f"{x:.1f}" if isinstance(x, float) else ("-" if x is None else str(x))
 
 
+def oracle_line(oracle: dict) -> str | None:
+    """The pass rule the search ran against, in words; None when the summary does not record it."""
+    config, cal = oracle.get("config") or {}, oracle.get("calibration") or {}
+    if not config or "need" not in cal:
+        return None
+    if config.get("target_dsr") is not None:
+        target = f"DSR >= {config['target_dsr']:.3f}"
+    else:
+        target = f"DSR >= {100 * config['target_fraction']:g}% of the full transplant's ({cal['target_dsr']:.3f})"
+    need = f"{cal['need']} refusals of {cal['n']} search prompts"
+    if config.get("target_confidence") is not None:
+        need += f", the one-sided {100 * config['target_confidence']:g}% Wilson lower bound reaching the target"
+    guards = []
+    if config.get("max_ppl_increase") is not None:
+        guards.append(f"perplexity +{100 * config['max_ppl_increase']:g}%")
+    if config.get("max_accuracy_drop") is not None:
+        guards.append(f"benign accuracy -{100 * config['max_accuracy_drop']:g} points")
+    if config.get("max_over_refusal_rise") is not None:
+        guards.append(f"over-refusal +{100 * config['max_over_refusal_rise']:g} points"
+                      + (" over the full transplant's" if config.get("over_refusal_reference") == "full" else ""))
+    return f"- oracle: {target}: {need}" + (f"; guards: {', '.join(guards)}" if guards else "")
+
+
 def markdown(summary: dict, tests: list[dict]) -> str:
     total = summary.get("total_params") or 0
     share = lambda p: "-" if p is None or not total else f"{100 * p / total:.3f}%"
@@ -67,6 +90,7 @@ def markdown(summary: dict, tests: list[dict]) -> str:
            f"{summary.get('tests')} oracle tests"
            + (f" ({summary['answered_without_test']} more answered from cache or by inference)"
               if summary.get("answered_without_test") else ""),
+           *filter(None, [oracle_line(summary.get("oracle") or {})]),
            f"- kept {len(summary.get('kept', []))} component(s), {summary.get('kept_params', 0):,} parameters "
            f"= {share(summary.get('kept_params'))} of the model ({total:,})", "",
            "## Held-out metrics (95% Wilson intervals)", "",
