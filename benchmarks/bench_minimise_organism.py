@@ -46,7 +46,8 @@ from ddalign.tables import comparison_table  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
 console = Console()
-GUARDS = ("max_ppl_increase", "max_accuracy_drop", "max_over_refusal_rise", "over_refusal_reference")
+GUARDS = ("target_fraction", "target_confidence", "max_ppl_increase", "max_accuracy_drop", "max_over_refusal_rise",
+          "over_refusal_reference")
 
 # The guards for the results (perplexity within 5% and benign accuracy within 3 points of
 # the unaligned sibling) as the oracle's, for the natural sibling: its full transplant costs +5.7%
@@ -252,6 +253,12 @@ def search_cost(organism, work: Path) -> list[dict]:
     return rows
 
 
+def _target_text(guards: dict) -> str:
+    fraction, confidence = guards.get("target_fraction"), guards.get("target_confidence")
+    text = f">= {100 * fraction:g}% of the full transplant's" if fraction else "absolute target"
+    return text + (f" by its one-sided {100 * confidence:g}% lower bound" if confidence else "")
+
+
 def markdown(res: list[dict], cost: list[dict]) -> str:
     def rate(m: dict | None) -> str:
         return "-" if not m or m.get("value") is None else f"{m['value']:.3f}"
@@ -274,8 +281,9 @@ def markdown(res: list[dict], cost: list[dict]) -> str:
                          f"{rate(advbench) if advbench else ''} |")
     lines += [f"\n{r['name']}: the search stopped: {r['stopped']}" for r in res if "stopped" in r]
     lines += [f"\n{r['name']}: {heldout_text(r['heldout_check'])}" for r in res if r.get("heldout_check")]
-    lines += ["", "Oracle guards on the search (dev) sets, against the unaligned target unless said: "
-              + "; ".join(f"{r['name']}: perplexity +{100 * r['guards']['max_ppl_increase']:.0f}%, "
+    lines += ["", "Oracle rule on the search (dev) sets, guards against the unaligned target unless said: "
+              + "; ".join(f"{r['name']}: DSR {_target_text(r['guards'])}, "
+                          f"perplexity +{100 * r['guards']['max_ppl_increase']:.0f}%, "
                           f"accuracy -{100 * r['guards']['max_accuracy_drop']:.0f} pts, "
                           f"over-refusal +{100 * r['guards']['max_over_refusal_rise']:.0f} pts"
                           + (" over the full transplant's" if r['guards'].get('over_refusal_reference') == "full" else "")
