@@ -42,6 +42,7 @@ from ddalign.minimise import bundle_arch, heldout_text, minimise  # noqa: E402
 from ddalign.organism import build  # noqa: E402
 from ddalign.organism.build import HELDOUT_SETS  # noqa: E402
 from ddalign.patch import Patch  # noqa: E402
+from ddalign.report import rule_text  # noqa: E402
 from ddalign.tables import comparison_table  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
@@ -253,12 +254,6 @@ def search_cost(organism, work: Path) -> list[dict]:
     return rows
 
 
-def _target_text(guards: dict) -> str:
-    fraction, confidence = guards.get("target_fraction"), guards.get("target_confidence")
-    text = f">= {100 * fraction:g}% of the full transplant's" if fraction else "absolute target"
-    return text + (f" by its one-sided {100 * confidence:g}% lower bound" if confidence else "")
-
-
 def markdown(res: list[dict], cost: list[dict]) -> str:
     def rate(m: dict | None) -> str:
         return "-" if not m or m.get("value") is None else f"{m['value']:.3f}"
@@ -282,12 +277,7 @@ def markdown(res: list[dict], cost: list[dict]) -> str:
     lines += [f"\n{r['name']}: the search stopped: {r['stopped']}" for r in res if "stopped" in r]
     lines += [f"\n{r['name']}: {heldout_text(r['heldout_check'])}" for r in res if r.get("heldout_check")]
     lines += ["", "Oracle rule on the search (dev) sets, guards against the unaligned target unless said: "
-              + "; ".join(f"{r['name']}: DSR {_target_text(r['guards'])}, "
-                          f"perplexity +{100 * r['guards']['max_ppl_increase']:.0f}%, "
-                          f"accuracy -{100 * r['guards']['max_accuracy_drop']:.0f} pts, "
-                          f"over-refusal +{100 * r['guards']['max_over_refusal_rise']:.0f} pts"
-                          + (" over the full transplant's" if r['guards'].get('over_refusal_reference') == "full" else "")
-                          for r in res)]
+              + "; ".join(f"{r['name']}: {rule_text(r['guards'])}" for r in res)]
     lines += ["", "| algorithm | oracle tests | ratio to ddmin | seconds | kept |", "|---|---|---|---|---|"]
     for c in cost:
         lines.append(f"| {c['algorithm']} | {c['tests']} | {c['ratio_to_ddmin']:.2f} | {c['seconds']:.0f} | "

@@ -54,18 +54,18 @@ def _number(x) -> str:
     return f"{x:.1f}" if isinstance(x, float) else ("-" if x is None else str(x))
 
 
-def oracle_line(oracle: dict) -> str | None:
-    """The pass rule the search ran against, in words; None when the summary does not record it."""
-    config, cal = oracle.get("config") or {}, oracle.get("calibration") or {}
-    if not config or "need" not in cal:
-        return None
+def rule_text(config: dict, calibration: dict | None = None) -> str:
+    """An oracle config's pass rule in words (with the counts it fixed, when calibrated)."""
     if config.get("target_dsr") is not None:
-        target = f"DSR >= {config['target_dsr']:.3f}"
+        text = f"DSR >= {config['target_dsr']:.3f}"
     else:
-        target = f"DSR >= {100 * config['target_fraction']:g}% of the full transplant's ({cal['target_dsr']:.3f})"
-    need = f"{cal['need']} refusals of {cal['n']} search prompts"
+        text = f"DSR >= {100 * config['target_fraction']:g}% of the full transplant's"
+        if calibration:
+            text += f" ({calibration['target_dsr']:.3f})"
+    if calibration:
+        text += f": {calibration['need']} refusals of {calibration['n']} search prompts"
     if config.get("target_confidence") is not None:
-        need += f", the one-sided {100 * config['target_confidence']:g}% Wilson lower bound reaching the target"
+        text += f", the one-sided {100 * config['target_confidence']:g}% Wilson lower bound reaching the target"
     guards = []
     if config.get("max_ppl_increase") is not None:
         guards.append(f"perplexity +{100 * config['max_ppl_increase']:g}%")
@@ -74,7 +74,15 @@ def oracle_line(oracle: dict) -> str | None:
     if config.get("max_over_refusal_rise") is not None:
         guards.append(f"over-refusal +{100 * config['max_over_refusal_rise']:g} points"
                       + (" over the full transplant's" if config.get("over_refusal_reference") == "full" else ""))
-    return f"- oracle: {target}: {need}" + (f"; guards: {', '.join(guards)}" if guards else "")
+    return text + (f"; guards: {', '.join(guards)}" if guards else "")
+
+
+def oracle_line(oracle: dict) -> str | None:
+    """The report's line on the rule the search ran against; None when the summary does not record it."""
+    config, cal = oracle.get("config") or {}, oracle.get("calibration") or {}
+    if not config or "need" not in cal:
+        return None
+    return f"- oracle: {rule_text(config, cal)}"
 
 
 def markdown(summary: dict, tests: list[dict]) -> str:

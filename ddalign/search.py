@@ -300,8 +300,9 @@ def _probdd_core(session: _Session, items: list, level: str, prior: Callable[[An
     # and ProbDD that only ordered by them spent its tests on groups the norms said were needed
     # (57 modules: 24 tests -> 16, hierarchical 31 -> 19; ddmin 45). On synthetic oracles
     # (bench_search.py): 2-4% fewer tests with an informative prior, 2-7% more with an
-    # uninformative, misleading or outlier-heavy one (0-5% over 3 seeds); believing the weights
-    # outright (no trust) cost 19-32% more with those, and scaling p linearly by them 20% more.
+    # uninformative, misleading or outlier-heavy one. Measured while designing it (one seed, not in
+    # the bench): believing the weights outright (no trust) cost 19-32% more with those, and
+    # scaling p linearly by them 20% more.
     p = {item: p0 for item in items}
     ranked = sorted(weight.values())
     median = ranked[len(ranked) // 2] if ranked else 0.0
@@ -323,6 +324,8 @@ def _probdd_core(session: _Session, items: list, level: str, prior: Callable[[An
         trust = 1.0 / (1.0 + math.exp(-log_odds))
         for x in current:
             if x not in raised:
+                # (the mix equals base when scale is 1; taking base itself keeps a search
+                # without a prior bit for bit what it was: float noise would reorder ties)
                 p[x] = base if scale[x] == 1.0 else (
                     trust * density(x, base, True) + (1.0 - trust) * density(x, base, False))
         uncertain = [x for x in current if p[x] < _CERTAIN]
