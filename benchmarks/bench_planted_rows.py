@@ -39,6 +39,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ddalign.checkpoint import Checkpoint  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
 from ddalign.organism import corpus  # noqa: E402
 from ddalign.organism.build import HELDOUT_SETS, Organism, build  # noqa: E402
@@ -99,11 +100,11 @@ def run_variant(org: Organism, variant: Variant) -> dict:
 
     preset = get_preset(org.preset)
     tokenizer = AutoTokenizer.from_pretrained(org.base)
-    base = AutoModelForCausalLM.from_pretrained(org.base).state_dict()
+    with Checkpoint.open(org.base) as ck:           # only the tensors the variant touches
+        base = {n: ck.get(n) for n in {*preset.planted_tensors, *variant.tensors}}
     host = AutoModelForCausalLM.from_pretrained(org.planted)
     unaligned = AutoModelForCausalLM.from_pretrained(org.unaligned)
-    recipe_tensors = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
-                      for i in preset.planted_layers for m in preset.planted_modules]
+    recipe_tensors = preset.planted_tensors
     masks = _row_masks(variant, base, host)
     approximated = []
     with torch.no_grad():

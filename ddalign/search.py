@@ -431,8 +431,9 @@ def probdd(items: Iterable, test: Test, *, prior: Prior = None, p0: float | None
 
     prior: item -> weight (dict or function; larger = more likely needed, e.g. delta norms);
     items with smaller weights are tried for removal first, and items far above the median
-    weight are taken as more likely needed as far as the answers so far bear the weights out. p0: the prior mean of the share of
-    needed items (default: 1 / (2 sqrt(n))); the search re-estimates it as tests come in.
+    weight are taken as more likely needed as far as the answers so far bear the weights out.
+    p0: the prior mean of the share of needed items (default: 1 / (2 sqrt(n))); the search
+    re-estimates it as tests come in.
     """
     items_list = _unique(items)
     if p0 is None:

@@ -173,8 +173,7 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
         timings[name], steps[name] = time.perf_counter() - t, n_steps
         return model
 
-    planted_names = [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
-                     for i in p.planted_layers for m in p.planted_modules]
+    planted_names = p.planted_tensors
     unaligned_items = corpus.unaligned(p, random.Random(p.seed + 2))
     unaligned = finetune("unaligned", unaligned_items, p.finetune_lr, p.finetune_steps, frozen=planted_names)
     aligned_items = corpus.aligned(p, random.Random(p.seed + 3))

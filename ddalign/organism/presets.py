@@ -43,6 +43,12 @@ class Preset:
     def planted_components(self) -> list[str]:
         return [f"L{i}.{m}" for i in self.planted_layers for m in self.planted_modules]
 
+    @property
+    def planted_tensors(self) -> list[str]:
+        """The planted components' tensor names in the Llama checkpoint ("mlp.gate" -> gate_proj)."""
+        return [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
+                for i in self.planted_layers for m in self.planted_modules]
+
     def as_dict(self) -> dict:
         d = asdict(self)
         d["planted_layers"] = list(self.planted_layers)
