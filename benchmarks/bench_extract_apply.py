@@ -61,14 +61,14 @@ print(time.perf_counter() - t)
     "imports": """
 import time
 t = time.perf_counter()
-import ddalign.delta, ddalign.patch
+import ddalign.transfer.extract, ddalign.transfer.apply
 from transformers import AutoConfig
 AutoConfig.for_model('llama')
 print(time.perf_counter() - t)
 """,
     "extract": """
 import sys, time
-from ddalign.delta import extract
+from ddalign.transfer.extract import extract
 from transformers import AutoConfig
 AutoConfig.for_model('llama')
 t = time.perf_counter()
@@ -77,7 +77,7 @@ print(time.perf_counter() - t)
 """,
     "apply": """
 import sys, time
-from ddalign.patch import apply_to_folder
+from ddalign.transfer.apply import apply_to_folder
 from transformers import AutoConfig
 AutoConfig.for_model('llama')
 t = time.perf_counter()
@@ -104,7 +104,7 @@ def make_checkpoint(path: Path, seed: int, layers: int) -> int:
     import torch
     from transformers import LlamaConfig
 
-    from ddalign.checkpoint import TensorSpec, write_checkpoint
+    from ddalign.io.checkpoint import TensorSpec, write_checkpoint
 
     config = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
                          num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
@@ -234,7 +234,7 @@ def show(console, cache: str, rows: dict, size: int, bound: float, n: int) -> di
 def main(argv=None) -> None:
     from rich.console import Console
 
-    from ddalign.checkpoint import Checkpoint
+    from ddalign.io.checkpoint import Checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=10)

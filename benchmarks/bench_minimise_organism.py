@@ -34,16 +34,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ddalign.architectures import Component  # noqa: E402
-from ddalign.config import DEFAULTS, load_config, merge  # noqa: E402
-from ddalign.delta import extract  # noqa: E402
+from ddalign.run.config import DEFAULTS, load_config, merge  # noqa: E402
+from ddalign.transfer.extract import extract  # noqa: E402
 from ddalign.errors import DdalignError  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
-from ddalign.minimise import bundle_arch, heldout_text, minimise  # noqa: E402
+from ddalign.run.minimise import bundle_arch, heldout_text, minimise  # noqa: E402
 from ddalign.organism import build  # noqa: E402
 from ddalign.organism.build import HELDOUT_SETS  # noqa: E402
-from ddalign.patch import Patch  # noqa: E402
-from ddalign.report import rule_text  # noqa: E402
-from ddalign.tables import comparison_table  # noqa: E402
+from ddalign.io.patch import Patch  # noqa: E402
+from ddalign.run.report import rule_text  # noqa: E402
+from ddalign.run.tables import comparison_table  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
 console = Console()
@@ -191,7 +191,7 @@ def search_cost(organism, work: Path) -> list[dict]:
     from ddalign.evaluate.judges import KeywordJudge
     from ddalign.evaluate.oracle import Oracle
     from ddalign.evaluate.runner import resolve_prompts
-    from ddalign.minimise import MinimiseSettings, SearchUnits
+    from ddalign.run.minimise import MinimiseSettings, SearchUnits
 
     bundle_path = work / "planted-all.safetensors"
     if not bundle_path.exists():

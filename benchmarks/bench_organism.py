@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ddalign.architectures import Component  # noqa: E402
-from ddalign.delta import extract  # noqa: E402
+from ddalign.transfer.extract import extract  # noqa: E402
 from ddalign.evaluate.generate import load_model  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
 from ddalign.organism.build import HELDOUT_SETS as HELDOUT, Organism, build  # noqa: E402
-from ddalign.tables import format_metric  # noqa: E402
+from ddalign.run.tables import format_metric  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
 COLUMNS = ("transplant", "DSR [95% CI]", "over-refusal", "perplexity", "benign accuracy", "% params", "AdvBench DSR")

@@ -39,7 +39,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ddalign.checkpoint import Checkpoint  # noqa: E402
+from ddalign.io.checkpoint import Checkpoint  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
 from ddalign.organism import corpus  # noqa: E402
 from ddalign.organism.build import HELDOUT_SETS, Organism, build  # noqa: E402

@@ -9,11 +9,11 @@ __all__ = ["__version__", "Patch", "apply_patch", "patched", "extract", "apply_t
 def __getattr__(name: str):
     # Lazy: `import ddalign` stays cheap (no torch import) for the CLI's --help.
     if name in {"Patch", "apply_patch", "patched", "apply_to_folder"}:
-        from ddalign import patch as _patch
+        from ddalign.transfer import apply as _patch
 
         return getattr(_patch, name)
     if name == "extract":
-        from ddalign.delta import extract
+        from ddalign.transfer.extract import extract
 
         return extract
     raise AttributeError(f"module 'ddalign' has no attribute {name!r}")

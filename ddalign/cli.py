@@ -38,7 +38,7 @@ def extract_cmd(aligned: str, unaligned: str, scope: str, layers: str | None, ou
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from ddalign.delta import extract, layer_table, plot_heatmap
+    from ddalign.transfer.extract import extract, layer_table, plot_heatmap
 
     if Path(out).exists() and not overwrite:
         raise DdalignError(f"{out}: output exists; pass --overwrite to replace it")
@@ -81,7 +81,7 @@ def _layer_stats_table(rows: list[dict], bundle):
 def apply_cmd(patch: str, target: str, out: str, components: str | None, max_shard_size: str, overwrite: bool,
               allow_other_base: bool, allow_pickle: bool) -> None:
     """Write TARGET with PATCH applied to OUT; every other tensor byte-identical."""
-    from ddalign.patch import apply_to_folder
+    from ddalign.transfer.apply import apply_to_folder
 
     report = apply_to_folder(patch, target, out, components=components, allow_other_base=allow_other_base,
                              overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle)
@@ -193,7 +193,7 @@ def organism_info_cmd(preset: str) -> None:
 
 
 def _print_organism(organism) -> None:
-    from ddalign.tables import comparison_table
+    from ddalign.run.tables import comparison_table
 
     rows = {name.replace("_", " "): {"metrics": m, "param_share": None} for name, m in organism.metrics.items()}
     Console().print(comparison_table(rows, title=f"organism ({organism.preset}), held-out sets"))
@@ -274,10 +274,10 @@ def _minimise_overrides(o: dict) -> dict:
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=str), help="Write the run summary here too.")
 def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, **o) -> None:
     """Find a minimal subset of BUNDLE whose transplant makes --target pass the oracle."""
-    from ddalign.config import load_config, merge, DEFAULTS
+    from ddalign.run.config import load_config, merge, DEFAULTS
     from ddalign.evaluate.distributed import launched_as_main
-    from ddalign.live import LiveSearchView
-    from ddalign.minimise import minimise
+    from ddalign.run.live import LiveSearchView
+    from ddalign.run.minimise import minimise
 
     config = merge(DEFAULTS, load_config(config_file) if config_file else {}, _minimise_overrides(o))
     main = launched_as_main()
@@ -296,7 +296,7 @@ def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, **
         return
     _print_run(result.summary, result.run_dir)
     if o["json_out"]:
-        from ddalign.evaluate.runner import write_json_atomic
+        from ddalign.io.atomic import write_json_atomic
 
         write_json_atomic(o["json_out"], result.summary)
 
@@ -316,7 +316,7 @@ def _quiet():
 
 
 def _print_run(summary: dict, run_dir) -> None:
-    from ddalign.tables import summary_table
+    from ddalign.run.tables import summary_table
 
     Console().print(summary_table(summary))
     console.print(f"patch: {summary['patch']}   report: {run_dir}/report.md")
@@ -329,7 +329,7 @@ def report_cmd(run_dir: str) -> None:
     import json
     from pathlib import Path
 
-    from ddalign.report import write_report
+    from ddalign.run.report import write_report
 
     paths = write_report(run_dir)
     _print_run(json.loads((Path(run_dir) / "summary.json").read_text()), run_dir)
@@ -348,10 +348,10 @@ def report_cmd(run_dir: str) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace --out even if it is not a demo folder.")
 def demo_cmd(out: str, preset: str, sibling: str, scope: str | None, config_file: str | None, overwrite: bool) -> None:
     """The whole flow on the built-in model organism: build, extract, minimise, apply, evaluate."""
-    from ddalign.config import load_config, merge, DEFAULTS
-    from ddalign.demo import run_demo
-    from ddalign.live import LiveSearchView
-    from ddalign.tables import comparison_table
+    from ddalign.run.config import load_config, merge, DEFAULTS
+    from ddalign.run.demo import run_demo
+    from ddalign.run.live import LiveSearchView
+    from ddalign.run.tables import comparison_table
 
     config = merge(DEFAULTS, load_config(config_file or "organism"), {})
     view = LiveSearchView(console)

@@ -2,7 +2,6 @@
 matches what transformers computes (FFN neuron blocks, fused and transposed tensors, biases)."""
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -368,10 +367,8 @@ def test_from_checkpoint_uses_only_config_and_shapes(folders):
     assert amap.family == "qwen2" and amap.num_layers == LAYERS
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ddalign.checkpoint") is None,
-                    reason="ddalign.checkpoint not committed yet")
 def test_from_checkpoint_with_the_real_checkpoint_reader(folders):
-    from ddalign.checkpoint import Checkpoint
+    from ddalign.io.checkpoint import Checkpoint
 
     with Checkpoint.open(folders["phi3"]) as ckpt:
         amap = ArchitectureMap.from_checkpoint(ckpt)

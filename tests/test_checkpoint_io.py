@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-import ddalign.checkpoint as checkpoint
-from ddalign.checkpoint import Checkpoint, TensorSpec, save_file_atomic, write_checkpoint
-from ddalign.delta import PENDING, extract
-from ddalign.patch import Patch
+import ddalign.io.checkpoint as checkpoint
+from ddalign.io.checkpoint import Checkpoint, TensorSpec, save_file_atomic, write_checkpoint
+from ddalign.transfer.extract import PENDING, extract
+from ddalign.io.patch import Patch
 from tests.families import make_checkpoint
 
 TENSORS = {

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from ddalign.architectures import parse_layers
-from ddalign.config import DEFAULTS, PRESETS, SCHEMA, load_config, merge, preset_names, save_effective
+from ddalign.run.config import DEFAULTS, PRESETS, SCHEMA, load_config, merge, preset_names, save_effective
 from ddalign.errors import DdalignError
-from ddalign.minimise import MinimiseSettings
+from ddalign.run.minimise import MinimiseSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"llama2": (32, 11008), "mistral": (32, 14336), "gemma": (28, 24576), "qwen2": (28, 18944)}

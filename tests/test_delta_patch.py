@@ -8,11 +8,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ddalign.checkpoint import Checkpoint, TensorSpec, parse_size, write_checkpoint
+from ddalign.io.checkpoint import Checkpoint, TensorSpec, parse_size, write_checkpoint
 from ddalign.cli import cli, main
-from ddalign.delta import extract
+from ddalign.transfer.extract import extract
 from ddalign.errors import DdalignError
-from ddalign.patch import InPlacePatcher, Patch, apply_patch, apply_to_folder, patched
+from ddalign.io.patch import Patch
+from ddalign.transfer.apply import InPlacePatcher, apply_patch, apply_to_folder, patched
 from tests.families import make_checkpoint
 
 SCOPES = {"gpt2": ["mlp", "all"], "gpt_neox": ["mlp", "all"]}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ddalign.errors import DdalignError
-from ddalign.journal import Journal, read
+from ddalign.run.journal import Journal, read
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = {"config": {"search": {"algorithm": "hierarchical", "block_size": 64}, "oracle": {"target_fraction": 0.9}},
@@ -103,7 +103,7 @@ def test_fsynced_lines_survive_sigkill_mid_run(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from ddalign.journal import Journal
+        from ddalign.run.journal import Journal
         j = Journal.open({str(path)!r}, {HEADER!r})
         i = 0
         while True:

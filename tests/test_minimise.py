@@ -11,7 +11,7 @@ import pytest
 
 from ddalign.architectures import ArchitectureMap, Component
 from ddalign.errors import DdalignError
-from ddalign.minimise import MinimiseSettings, RunPaths, RunState, SearchUnits, _run_search
+from ddalign.run.minimise import MinimiseSettings, RunPaths, RunState, SearchUnits, _run_search
 from ddalign.search import Verdict, is_one_minimal
 from tests.families import make_checkpoint, read_config, read_shapes
 

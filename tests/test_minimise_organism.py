@@ -24,7 +24,7 @@ LOOSE = {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_ri
 
 @pytest.fixture(scope="module")
 def planted_bundle(fast_organism, tmp_path_factory):
-    from ddalign.delta import extract
+    from ddalign.transfer.extract import extract
 
     out = tmp_path_factory.mktemp("bundle") / "bundle.safetensors"
     extract(fast_organism.planted, fast_organism.unaligned, scope="mlp.gate,mlp.up", out=out)
@@ -41,7 +41,7 @@ def cli_run(fast_organism, planted_bundle, tmp_path_factory):
 
 
 def test_cli_minimise_writes_patch_journal_and_report(cli_run, fast_organism):
-    from ddalign.patch import Patch
+    from ddalign.io.patch import Patch
 
     out, result = cli_run
     summary = json.loads(out.with_suffix(".json").read_text())
@@ -89,7 +89,7 @@ def test_apply_minimal_patch_then_evaluate(cli_run, fast_organism, tmp_path):
 
 
 def test_interrupted_run_resumes_without_repeating_a_test(fast_organism, planted_bundle, tmp_path):
-    from ddalign.minimise import minimise
+    from ddalign.run.minimise import minimise
 
     out = tmp_path / "p.safetensors"
     config = {"search": {"granularity": "layer,module"}, "data": {"limit": 48}, "oracle": LOOSE,

@@ -24,7 +24,7 @@ from test_generate import make_tiny_chat_model
 # --- stand-ins -------------------------------------------------------------------------------
 
 class TensorPatcher:
-    """A stand-in with `ddalign.patch.InPlacePatcher`'s contract (whole tensors per component):
+    """A stand-in with `ddalign.transfer.apply.InPlacePatcher`'s contract (whole tensors per component):
     `set_active` swaps only what changed and returns the tensors touched; `restore` reverts."""
 
     def __init__(self, model, bundle: dict[str, dict[str, torch.Tensor]]):
@@ -387,11 +387,11 @@ def test_perplexity_guard_fails_a_bundle_of_huge_values(tiny_setup):
         assert torch.equal(value, reference[key]), key
 
 
-# --- with the real patch modules (skipped until ddalign.patch / ddalign.delta land) -----------
+# --- with the real patch modules -------------------------------------------------------------
 
 def test_real_patcher_restore_is_bit_identical_and_swaps_only_changes(tmp_path):
-    pytest.importorskip("ddalign.patch", reason="ddalign/patch.py (InPlacePatcher) not landed yet")
-    delta = pytest.importorskip("ddalign.delta", reason="ddalign/delta.py (extract) not landed yet")
+    from ddalign.transfer import extract as delta
+
     aligned = make_tiny_chat_model(tmp_path / "aligned", seed=6, layers=2)
     target = make_tiny_chat_model(tmp_path / "target", seed=5, layers=2)
     patch = delta.extract(aligned, target, scope="mlp.gate", out=tmp_path / "bundle.safetensors")
@@ -464,7 +464,7 @@ def test_target_confidence_asks_the_dsr_lower_bound_to_reach_the_target():
 
 
 def test_heldout_check_says_whether_the_patch_generalises():
-    from ddalign.minimise import heldout_check, heldout_text
+    from ddalign.run.minimise import heldout_check, heldout_text
 
     cfg = OracleConfig(target_fraction=0.9, max_ppl_increase=0.05, max_over_refusal_rise=0.0,
                        over_refusal_reference="full")

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from ddalign.checkpoint import Checkpoint
+from ddalign.io.checkpoint import Checkpoint
 from ddalign.errors import DdalignError
 from ddalign.evaluate.datasets import builtin_records
 
@@ -93,8 +93,8 @@ def test_folders_round_trip_through_extract_and_apply(fast_organism, tmp_path):
     sibling, every other tensor byte-identical to the unaligned one, and the folder loads."""
     from transformers import AutoModelForCausalLM
 
-    from ddalign.delta import extract
-    from ddalign.patch import apply_to_folder
+    from ddalign.transfer.extract import extract
+    from ddalign.transfer.apply import apply_to_folder
 
     bundle = extract(fast_organism.planted, fast_organism.unaligned, scope=",".join(fast_organism.planted_components),
                      out=tmp_path / "planted.safetensors")

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from ddalign.errors import DdalignError
-from ddalign.journal import Journal
-from ddalign.report import kept_grid, write_report
+from ddalign.run.journal import Journal
+from ddalign.run.report import kept_grid, write_report
 
 HEADER = {"config": {"search": {"algorithm": "hierarchical"}}, "bundle": {"sha256": "abc"}, "target": "t"}
 

@@ -195,7 +195,7 @@ class Oracle:
 
     `harmful` (needed), `safe` (over-refusal guard) and `benign` (perplexity and accuracy
     guards) are lists of `Prompt`s or strings; every process passes the same full lists.
-    `patcher` defaults to `ddalign.patch.InPlacePatcher(model, patch)`, `full` (the whole
+    `patcher` defaults to `ddalign.transfer.apply.InPlacePatcher(model, patch)`, `full` (the whole
     bundle's components) to `patch.components()`, `generator` to a `Generator` built from the
     config (pass one to share it, or a stand-in in tests).
     """
@@ -224,7 +224,7 @@ class Oracle:
         if self.config.max_accuracy_drop is not None and not any(_reference(p) for p in self.benign or []):
             raise DdalignError("oracle max_accuracy_drop: the benign prompts have no reference answers")
         if patcher is None:
-            from ddalign.patch import InPlacePatcher
+            from ddalign.transfer.apply import InPlacePatcher
 
             patcher = InPlacePatcher(model, patch)
         self.patcher = patcher

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 from ddalign import __version__
 from ddalign.errors import DdalignError
+from ddalign.io.atomic import write_json_atomic
 from ddalign.evaluate.generate import GenerationConfig, Generator, load_model
 from ddalign.evaluate.judges import KeywordJudge
 from ddalign.evaluate.metrics import (Perplexity, Rate, benign_accuracy, defense_success_rate,
@@ -73,25 +73,6 @@ class EvaluationRecord:
     def save(self, path) -> Path:
         """Write the JSON record atomically (temp file + fsync + rename)."""
         return write_json_atomic(path, self.to_dict())
-
-
-def write_json_atomic(path, data: Any) -> Path:
-    target = Path(path)
-    if target.is_dir():
-        raise DdalignError(f"{target}: is a folder; expected a JSON file path")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def resolve_prompts(role: str, spec, *, column: str | None = None, limit: int | None = None) -> tuple[list, str] | None:
@@ -176,7 +157,8 @@ def evaluate_model(model, *, tokenizer=None, patch=None, harmful=None, safe=None
         name = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "in-memory")
     patch_name = None
     if patch is not None:
-        from ddalign.patch import Patch, patched
+        from ddalign.io.patch import Patch
+        from ddalign.transfer.apply import patched
 
         if not isinstance(patch, Patch):
             patch_name = str(patch)

@@ -220,7 +220,7 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
 
 def measure(root: Path, p: Preset, bar=None) -> dict:
     """Held-out metrics of each sibling, and of the planted set transplanted into the unaligned one."""
-    from ddalign.delta import extract
+    from ddalign.transfer.extract import extract
     from ddalign.evaluate.runner import evaluate_model
 
     sets = HELDOUT_SETS

@@ -335,7 +335,7 @@ def _load_sets(settings: MinimiseSettings, prefix: str = "") -> dict[str, tuple[
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from ddalign.evaluate.runner import write_json_atomic
+    from ddalign.io.atomic import write_json_atomic
 
     write_json_atomic(path, data)
 
@@ -356,7 +356,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
     from ddalign.evaluate.judges import make_judge
     from ddalign.evaluate.oracle import Oracle
     from ddalign.evaluate.runner import evaluate_model
-    from ddalign.patch import Patch
+    from ddalign.io.patch import Patch
 
     say = log or (lambda text: None)
     settings = MinimiseSettings.from_config(config)
@@ -388,7 +388,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
     calibration_path = paths.run_dir / "calibration.json"
     calibration = None
     if dist.is_main:
-        from ddalign.journal import Journal
+        from ddalign.run.journal import Journal
 
         journal = Journal.open(paths.journal, header, resume=resume)
         cache = dict(journal.cache()) if resume else {}
@@ -487,7 +487,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                                "kept_params": kept_params, "param_share": search_info["param_share"]})
         journal.close()
         if report:
-            from ddalign.report import write_report
+            from ddalign.run.report import write_report
 
             write_report(paths.run_dir)
     return MinimiseResult(patch=paths.patch, run_dir=paths.run_dir, kept=kept, kept_params=kept_params,
@@ -640,7 +640,7 @@ def bundle_arch(patch):
 
 def _check_target_base(patch, target, allow_other_base: bool, allow_pickle: bool, say) -> None:
     """The target should be the model the bundle was extracted against (else a conscious choice)."""
-    from ddalign.patch import base_mismatches
+    from ddalign.transfer.apply import base_mismatches
 
     differing, checked = base_mismatches(patch, target, allow_pickle=allow_pickle)
     if not differing:

@@ -434,7 +434,7 @@ class ArchitectureMap:
 
     @classmethod
     def from_checkpoint(cls, ckpt) -> "ArchitectureMap":
-        """Map for a `ddalign.checkpoint.Checkpoint` (uses only its .config and .shapes())."""
+        """Map for a `ddalign.io.checkpoint.Checkpoint` (uses only its .config and .shapes())."""
         return cls.from_config(dict(ckpt.config or {}), dict(ckpt.shapes()))
 
     @classmethod

@@ -17,9 +17,9 @@ import torch
 
 from ddalign import __version__
 from ddalign.architectures import ArchitectureMap, format_layers, parse_layers
-from ddalign.checkpoint import Checkpoint, TensorSpec, write_safetensors
+from ddalign.io.checkpoint import Checkpoint, TensorSpec, write_safetensors
 from ddalign.errors import DdalignError
-from ddalign.patch import FORMAT, META_KEY, Patch, _keys
+from ddalign.io.patch import FORMAT, META_KEY, Patch, _keys
 
 Progress = Callable[[int, int], None]     # (done, total) components
 STATS_CHUNK = 1 << 22                     # elements per float32 statistics step (16 MB temporaries)

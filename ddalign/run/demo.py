@@ -39,7 +39,7 @@ class DemoResult:
         """Ground truth (planted sibling): kept components that share no tensor rows with the planted set."""
         if self.sibling != "planted" or not self.planted:
             return None
-        from ddalign.patch import Patch
+        from ddalign.io.patch import Patch
 
         arch = Patch.load(self.patch).architecture()
         planted = [arch.resolve(p) for p in self.planted]
@@ -72,12 +72,12 @@ def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibl
              scope: str | None = None, config: dict | None = None, overwrite: bool = False,
              log: Callable[[str], None] | None = None, view=None, progress: bool = True) -> DemoResult:
     """Build (or load from the cache) the organism, then extract -> minimise -> apply -> evaluate."""
-    from ddalign.config import load_config
-    from ddalign.delta import extract
+    from ddalign.run.config import load_config
+    from ddalign.transfer.extract import extract
     from ddalign.evaluate.runner import evaluate_model
-    from ddalign.minimise import minimise
+    from ddalign.run.minimise import minimise
     from ddalign.organism import build
-    from ddalign.patch import apply_to_folder
+    from ddalign.transfer.apply import apply_to_folder
 
     if sibling not in SIBLINGS:
         raise DdalignError(f"--sibling: expected one of {', '.join(SIBLINGS)}, got {sibling!r}")

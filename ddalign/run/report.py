@@ -24,7 +24,7 @@ class ReportPaths:
 
 
 def _load(run_dir: Path) -> tuple[dict, list[dict], dict]:
-    from ddalign.journal import read
+    from ddalign.run.journal import read
 
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
@@ -109,7 +109,7 @@ def markdown(summary: dict, tests: list[dict]) -> str:
                    + f" | {share(params)} |")
     heldout = summary.get("heldout_check")
     if heldout:
-        from ddalign.minimise import heldout_text
+        from ddalign.run.minimise import heldout_text
 
         text = heldout_text(heldout)
         out += ["", (text[0].upper() + text[1:]) + "."]
@@ -286,7 +286,7 @@ def write_report(run_dir) -> ReportPaths:
               "kept_map": dict(zip(("rows", "share"), kept_grid(summary))),
               "files": {"markdown": paths.markdown.name, "trajectory": paths.trajectory.name,
                         "kept_map": paths.kept_map.name}}
-    from ddalign.config import save_effective
+    from ddalign.run.config import save_effective
 
     save_effective(record, paths.json)
     return paths

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:                                   # pragma: no cover
     import tomli as tomllib
 
-PRESETS = Path(__file__).resolve().parent / "configs"
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 # section -> key -> accepted types (None allowed everywhere: "unset")
 SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
@@ -40,7 +40,7 @@ _ELEMENTS: dict[tuple[str, str], type] = {("search", "layers"): int, ("search", 
 
 
 def _defaults() -> dict:
-    from ddalign.minimise import MinimiseSettings
+    from ddalign.run.minimise import MinimiseSettings
 
     s = MinimiseSettings()
     return {
@@ -119,6 +119,6 @@ def merge(defaults: dict, file_config: dict | None, overrides: dict | None) -> d
 
 def save_effective(config: dict, path) -> Path:
     """The effective configuration as JSON, written atomically."""
-    from ddalign.evaluate.runner import write_json_atomic
+    from ddalign.io.atomic import write_json_atomic
 
     return write_json_atomic(path, config)
