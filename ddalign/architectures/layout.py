@@ -24,6 +24,7 @@ class _Part:
     offset: int = 0        # where the module starts along axis (fused tensors)
     length: int = 0        # the module's extent along axis
     size: int = 0          # the stored size along axis
+    tied_to: str | None = None   # a stored copy of this tensor (a tied head saved anyway): one parameter
 
     def whole(self) -> TensorSlice:
         if self.axis is None or (self.offset == 0 and self.length == self.size):
@@ -209,10 +210,21 @@ def _layerless_parts(stem: str, shapes: dict, *, embed: Sequence[str], norm_fina
     norm_parts = find(norm_final, (base, ""), first_only=True)
     if norm_parts:
         out["norm.final"] = norm_parts
+    head_parts = find(head, ("", base), first_only=True)
     if not tied:
-        head_parts = find(head, ("", base), first_only=True)
         if head_parts:
             out["head"] = head_parts
+        return out
+    # Tied: the output layer is the embedding. Most tied checkpoints do not store it; one that
+    # does holds the same tensor twice, and the copy moves with the embedding (one component),
+    # so the two never disagree. A head bias is not tied and stays the component head.
+    weight = next((p.tensor for p in embed_parts if p.tensor.endswith(".weight")), None)
+    for part in head_parts:
+        if weight is not None and part.tensor.endswith(".weight") and \
+                tuple(shapes[part.tensor]) == tuple(shapes[weight]):
+            out["embed"].append(_Part(part.tensor, None, tied_to=weight))
+        else:
+            out.setdefault("head", []).append(part)
     return out
 
 

@@ -24,13 +24,19 @@ from ddalign.architectures.layout import (_build_listed, _config_object, _descri
 from ddalign.errors import DdalignError
 
 
+TIED_HEAD = ("the output layer is tied to the embeddings: one tensor, one component (embed); "
+             "patching embed patches both")
+
+
 class ArchitectureMap:
     """Component <-> tensor slices for one checkpoint layout.
 
     Attributes: family (config model_type, or "unknown"), inferred (True when the layout was
-    read from tensor names rather than a family table), num_layers, ffn_size, tied (head tied
-    to the embeddings), scope (the default scope, see `with_scope`), unmapped (stored tensors
-    no component covers: buffers, unknown layer-less tensors).
+    read from tensor names rather than a family table), num_layers, ffn_size, tied (the output
+    layer is the embedding: one tensor, so one component, `embed`; there is no `head`),
+    tied_copies (a tied checkpoint that stores the output layer anyway: {copy: embedding tensor};
+    the copy moves with `embed` and counts once), scope (the default scope, see `with_scope`),
+    unmapped (stored tensors no component covers: buffers, unknown layer-less tensors).
     """
 
     def __init__(self, family: str, shapes: dict[str, tuple[int, ...]],
@@ -42,6 +48,7 @@ class ArchitectureMap:
         self._layerless = layerless
         self.inferred = inferred
         self.tied = tied
+        self.tied_copies = {p.tensor: p.tied_to for parts in layerless.values() for p in parts if p.tied_to}
         self.num_layers = len(layers)
         self.scope = scope
         self.ffn_size = self._ffn_size()
@@ -84,16 +91,26 @@ class ArchitectureMap:
                                inferred=self.inferred, tied=self.tied, scope=scope)
 
     def describe(self) -> dict:
-        """Summary for manifests: family, num_layers, ffn_size, tied, inferred, modules."""
+        """Summary for manifests: family, num_layers, ffn_size, tied, inferred, modules, layerless.
+
+        A tied map also says so in words (`tied_head`), and names a stored copy of the tied
+        tensor (`tied_copies`) when there is one.
+        """
         modules = sorted({m for mods in self._layers for m in mods},
                          key=lambda m: Component(0, m)._key())
-        return {"family": self.family, "num_layers": self.num_layers,
-                "ffn_size": self.ffn_size, "tied": self.tied, "inferred": self.inferred,
-                "modules": modules, "layerless": sorted(self._layerless)}
+        out = {"family": self.family, "num_layers": self.num_layers,
+               "ffn_size": self.ffn_size, "tied": self.tied, "inferred": self.inferred,
+               "modules": modules, "layerless": sorted(self._layerless)}
+        if self.tied:
+            out["tied_head"] = TIED_HEAD
+            if self.tied_copies:
+                out["tied_copies"] = dict(self.tied_copies)
+        return out
 
     def __repr__(self) -> str:
         return (f"ArchitectureMap(family={self.family!r}, num_layers={self.num_layers}, "
-                f"ffn_size={self.ffn_size}, inferred={self.inferred})")
+                f"ffn_size={self.ffn_size}, inferred={self.inferred}"
+                + (", tied=True" if self.tied else "") + ")")
 
     # ---- modules -----------------------------------------------------------------------
 
@@ -116,8 +133,7 @@ class ArchitectureMap:
             if component.module not in self._layerless:
                 raise DdalignError(f"component {component.module!r} does not exist in this "
                                    f"{self.family} checkpoint"
-                                   + (" (head is tied to the embeddings)"
-                                      if component.module == "head" else ""))
+                                   + (f": {TIED_HEAD}" if component.module == "head" and self.tied else ""))
             return self._layerless[component.module]
         self._check_layer(component.layer)
         mods = self._layers[component.layer]
@@ -374,12 +390,13 @@ class ArchitectureMap:
                 for a in range(lo, hi, block_size)]
 
     def param_count(self, component: "Component | str", scope=None) -> int:
-        """Number of parameters a component moves."""
-        return sum(s.numel(self.shapes[s.tensor]) for s in self.resolve(component, scope))
+        """Number of parameters a component moves (a stored copy of a tied tensor counts once)."""
+        return sum(s.numel(self.shapes[s.tensor]) for s in self.resolve(component, scope)
+                   if s.tensor not in self.tied_copies)
 
     def total_params(self) -> int:
-        """Parameters stored in the checkpoint (a tied head counts once)."""
-        return sum(math.prod(shape) for shape in self.shapes.values())
+        """Parameters of the model (a tied head counts once, also when a copy of it is stored)."""
+        return sum(math.prod(shape) for name, shape in self.shapes.items() if name not in self.tied_copies)
 
     def covers(self, outer: "Component | str", inner: "Component | str", scope=None) -> bool:
         """True when every parameter of `inner` is part of `outer` (e.g. L3 ⊇ L3.mlp.gate[0:16])."""
