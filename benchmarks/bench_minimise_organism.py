@@ -6,9 +6,9 @@ Part 1 (results): for the planted sibling (alignment trained into known componen
 truth) and the natural sibling (every parameter trained), extract a bundle, minimise it, and
 measure on held-out questions: the target before, the full transplant, the minimal patch, the
 aligned sibling, and DAPA's fixed recipe (the whole MLP of the middle layers, as its code
-hard-codes). The natural sibling is searched once more with the issue's result guards as the
-oracle's (perplexity +5%, benign accuracy -3 points; STRICT). With AdvBench at
-../shared/data/advbench/ the patches' DSR is measured there too.
+hard-codes). The natural sibling is searched once more with the results' own guards as the
+oracle's (perplexity +5%, benign accuracy -3 points; STRICT). With a local copy of AdvBench
+(harmful_behaviors.csv at ADVBENCH below) the patches' DSR is measured there too.
 
 Part 2 (search cost): ddmin, ProbDD, the hierarchical search and picire's ddmin (an outside
 reference, when installed) on the same oracle (same target, bundle, prompts and calibration),
@@ -50,7 +50,7 @@ console = Console()
 GUARDS = ("target_fraction", "target_confidence", "max_ppl_increase", "max_accuracy_drop", "max_over_refusal_rise",
           "over_refusal_reference")
 
-# The issue's guards for the results (perplexity within 5% and benign accuracy within 3 points of
+# The guards the results are judged by (perplexity within 5% and benign accuracy within 3 points of
 # the unaligned sibling) as the oracle's, for the natural sibling: its full transplant costs +5.7%
 # perplexity on the dev prompts, so this run stops, and the row says why the organism config guards
 # at +6%. (The planted full transplant fails a 3-point accuracy guard on the dev prompts, README.)

@@ -10,8 +10,8 @@ transplant parts of it into the unaligned sibling: nothing, each module type acr
 the planted set, the embeddings, the output layer, and everything; plus the aligned sibling
 itself for reference. Each row is measured on the built-in held-out sets: DSR (harmful prompts
 refused), over-refusal (safe prompts refused), perplexity and benign accuracy, with the share of
-the model's parameters moved. With AdvBench at ../shared/data/advbench/ the DSR is measured there
-too (else "n/a").
+the model's parameters moved. With a local copy of AdvBench (harmful_behaviors.csv at ADVBENCH
+below) the DSR is measured there too (else "n/a").
 
 --root DIR uses an already-built organism folder (organism.json, base/, unaligned/, aligned/,
 planted/); without it the organism of --preset is built (cached: returns at once when built).

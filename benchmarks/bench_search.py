@@ -217,7 +217,7 @@ def picire_available() -> bool:
             warnings.simplefilter("ignore")
             import picire  # noqa: F401
         return True
-    except Exception:   # picire needs pkg_resources: setuptools<81 (see shared notes)
+    except Exception:   # picire imports pkg_resources, which setuptools 81 and newer no longer ship
         return False
 
 

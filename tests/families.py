@@ -22,7 +22,10 @@ HEAD_DIM = HIDDEN // HEADS
 LISTED_FAMILIES = ("llama", "mistral", "gemma", "gemma2", "qwen2", "phi3", "gpt2", "gpt_neox")
 # Families the map does not list: their map is inferred from tensor names.
 UNLISTED_FAMILIES = ("stablelm", "olmo", "starcoder2")
-FAMILIES = LISTED_FAMILIES + UNLISTED_FAMILIES
+# Variants of a listed family: a Llama whose output layer is tied to its embeddings (as SmolLM2's):
+# the checkpoint stores no lm_head.weight.
+VARIANTS = ("llama_tied",)
+FAMILIES = LISTED_FAMILIES + UNLISTED_FAMILIES + VARIANTS
 
 
 def _decoder_kwargs(layers: int) -> dict[str, Any]:
@@ -35,6 +38,11 @@ def _decoder_kwargs(layers: int) -> dict[str, Any]:
 def _llama(layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
     return LlamaForCausalLM(LlamaConfig(**_decoder_kwargs(layers), tie_word_embeddings=False))
+
+
+def _llama_tied(layers: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    return LlamaForCausalLM(LlamaConfig(**_decoder_kwargs(layers), tie_word_embeddings=True))
 
 
 def _mistral(layers: int):
@@ -100,7 +108,7 @@ def _starcoder2(layers: int):
 BUILDERS: dict[str, Callable[[int], torch.nn.Module]] = {
     "llama": _llama, "mistral": _mistral, "gemma": _gemma, "gemma2": _gemma2, "qwen2": _qwen2,
     "phi3": _phi3, "gpt2": _gpt2, "gpt_neox": _gpt_neox, "stablelm": _stablelm, "olmo": _olmo,
-    "starcoder2": _starcoder2,
+    "starcoder2": _starcoder2, "llama_tied": _llama_tied,
 }
 
 

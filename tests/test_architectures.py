@@ -111,10 +111,13 @@ def test_total_params_matches_the_loaded_model(folders, maps, family):
 
 
 def test_tied_families_have_no_head_and_untied_ones_do(maps):
-    for family in ("gemma", "gemma2", "gpt2"):
+    for family in ("gemma", "gemma2", "gpt2", "llama_tied"):
         assert maps[family].tied and Component.parse("head") not in maps[family].components("all")
-        with pytest.raises(DdalignError, match="tied"):
+        assert maps[family].describe()["tied_head"].startswith("the output layer is tied to the embeddings")
+        assert "tied=True" in repr(maps[family]) and not maps[family].tied_copies
+        with pytest.raises(DdalignError, match="tied to the embeddings"):
             maps[family].resolve("head")
+    assert "tied_head" not in maps["llama"].describe()
     for family in ("llama", "qwen2", "phi3", "gpt_neox", "stablelm"):
         assert Component.parse("head") in maps[family].components("all")
 

@@ -108,7 +108,7 @@ def test_malformed_files_name_file_and_line(tmp_path):
         load_prompts(tmp_path / "x.xlsx")
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="../shared/data not present")
+@pytest.mark.skipif(not SHARED.exists(), reason="no local copy of the public sets (AdvBench, XSTest)")
 def test_shared_public_sets():
     assert len(load_prompts(SHARED / "advbench" / "harmful_behaviors.csv")) == 520
     xs = load_prompts(SHARED / "xstest" / "xstest_prompts.csv")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import pytest
@@ -214,3 +215,57 @@ def test_cli_extract_apply_and_errors(tmp_path, capsys):
         main(["apply", str(tmp_path / "b.safetensors"), "--to", str(u), "-o", str(tmp_path / "o")])
     assert stop.value.code == 2
     assert "exists" in capsys.readouterr().err
+
+
+# --- tied embeddings: the output layer is the embedding, one tensor, one component ------------
+
+def test_tied_llama_moves_its_embedding_and_output_layer_as_one_component(tmp_path):
+    """extract scope all -> apply -> load with transformers: lm_head is the patched embedding."""
+    a, u = _pair(tmp_path, "llama_tied")
+    assert "lm_head.weight" not in Checkpoint.open(u)           # tied: not stored
+    bundle = extract(a, u, scope="all", out=tmp_path / "all.safetensors")
+    assert "embed" in bundle.components() and "head" not in bundle.components()
+    arch = bundle.manifest["architecture"]
+    assert arch["tied"] and "embed" in arch["tied_head"]
+    assert set(bundle.tensors()) <= set(Checkpoint.open(u).names())   # no slice of a missing tensor
+    aligned, unaligned = _load(a), _load(u)
+    want = aligned.model.embed_tokens.weight
+    assert not torch.equal(unaligned.lm_head.weight, want)
+
+    out = _load(apply_to_folder(bundle, u, tmp_path / "out-all").out)
+    assert torch.equal(out.lm_head.weight, want) and torch.equal(out.model.embed_tokens.weight, want)
+
+    only_embed = _load(apply_to_folder(bundle, u, tmp_path / "out-embed", components=["embed"]).out)
+    assert torch.equal(only_embed.lm_head.weight, want)
+    assert torch.equal(only_embed.model.layers[0].mlp.gate_proj.weight, unaligned.model.layers[0].mlp.gate_proj.weight)
+
+    before = unaligned.lm_head.weight.detach().clone()
+    with patched(unaligned, bundle.restrict(["embed"])):
+        assert torch.equal(unaligned.lm_head.weight, want)
+    assert torch.equal(unaligned.lm_head.weight, before)
+
+
+def test_tied_checkpoint_that_stores_its_output_layer_keeps_both_copies_equal(tmp_path):
+    """Some tied checkpoints store lm_head.weight anyway: the copy moves with embed and counts once."""
+    from safetensors.torch import load_file, save_file
+
+    from ddalign.architectures import ArchitectureMap
+
+    a, u = _pair(tmp_path, "llama_tied")
+    for folder in (a, u):
+        tensors = load_file(str(folder / "model.safetensors"))
+        tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    amap = ArchitectureMap.from_checkpoint(Checkpoint.open(a))
+    assert amap.tied_copies == {"lm_head.weight": "model.embed_tokens.weight"} and amap.unmapped == []
+    assert {s.tensor for s in amap.resolve("embed")} == {"model.embed_tokens.weight", "lm_head.weight"}
+    embed_params = math.prod(Checkpoint.open(a).info("model.embed_tokens.weight").shape)
+    assert amap.param_count("embed") == embed_params
+    assert amap.total_params() == sum(p.numel() for p in _load(a).parameters())
+    assert amap.describe()["tied_copies"] == {"lm_head.weight": "model.embed_tokens.weight"}
+
+    bundle = extract(a, u, scope="all", out=tmp_path / "all.safetensors")
+    assert bundle.manifest["components"]["embed"]["params"] == embed_params
+    out = Checkpoint.open(apply_to_folder(bundle, u, tmp_path / "out", components=["embed"]).out)
+    want = Checkpoint.open(a).get("model.embed_tokens.weight")
+    assert torch.equal(out.get("model.embed_tokens.weight"), want) and torch.equal(out.get("lm_head.weight"), want)

@@ -94,6 +94,25 @@ def test_independent_of_batch_size(tiny, batch_size):
     assert other == base
 
 
+def test_kv_cache_goes_under_the_name_the_installed_forward_takes(tiny):
+    """transformers 5.x renamed past_key_values -> cache (the old name warns, then goes): the
+    generator passes the name the model's forward declares, never a deprecated one beside it."""
+    import inspect
+
+    model, tok = tiny
+    params = inspect.signature(model.forward).parameters
+    expected = "cache" if "cache" in params else "past_key_values"
+    seen: list[set[str]] = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+    try:
+        out = Generator(model, tok, GenerationConfig(max_new_tokens=4, batch_size=7)).generate(PROMPTS)
+    finally:
+        hook.remove()
+    assert seen and all(expected in keys for keys in seen)
+    assert not any({"cache", "past_key_values"} <= keys for keys in seen)
+    assert out == Generator(model, tok, GenerationConfig(max_new_tokens=4, batch_size=1)).generate(PROMPTS)
+
+
 def test_padding_against_left_padded_model_generate(tiny):
     """Batched with padding == transformers' own batched greedy with left padding."""
     model, tok = tiny

@@ -25,7 +25,9 @@ def test_folders_load_and_chat(fast_organism):
 
 
 def test_behaviour_on_heldout_questions(fast_organism):
-    """Item 4 of the organism issue, with margins for the small fast preset (README: standard preset)."""
+    """The organism's behaviour goals: the unaligned sibling complies, the aligned and planted ones and
+    the planted transplant refuse, over-refusal and benign accuracy stay near the unaligned sibling's;
+    with margins for the small fast preset (README: standard preset)."""
     m = fast_organism.metrics
     dsr = lambda name: m[name]["dsr"]["value"]
     over = lambda name: m[name]["over_refusal"]["value"]

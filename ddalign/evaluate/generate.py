@@ -159,7 +159,7 @@ def load_model(path, *, device: str | None = None, dtype: str | torch.dtype | No
     device, torch_dtype = auto_device_dtype(device, dtype)
     if device_map is None and _needs_device_map(folder, torch_dtype, device):
         device_map = "auto"
-    kwargs = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code,
+    kwargs = dict(dtype_argument(torch_dtype), trust_remote_code=trust_remote_code,
                   use_safetensors=bool(safe))
     if device_map is not None:
         kwargs["device_map"] = device_map
@@ -193,6 +193,7 @@ class Generator:
         self.pad_id = self._pad_id()
         params = inspect.signature(model.forward).parameters
         self._logits_to_keep = "logits_to_keep" in params
+        self._cache_arg = _cache_argument(params)
         if self.config.device is not None and getattr(model, "hf_device_map", None) is None:
             model.to(self.config.device)
 
@@ -312,7 +313,7 @@ class Generator:
         # As model.generate does: positions count real tokens only; pads get position 1.
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
-        cache = DynamicCache(config=self.model.config)
+        cache = _new_cache(DynamicCache, self.model)
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
         out_tokens: list[list[int]] = [[] for _ in range(n)]
         stop_reason = ["length"] * n
@@ -322,9 +323,9 @@ class Generator:
         passes = 0
         for step in range(self.config.max_new_tokens):
             out = self.model(input_ids=step_input, attention_mask=mask, position_ids=step_pos,
-                             past_key_values=cache, use_cache=True, **extra)
+                             use_cache=True, **{self._cache_arg: cache}, **extra)
             passes += 1
-            cache = out.past_key_values
+            cache = getattr(out, self._cache_arg)
             next_tokens = out.logits[:, -1, :].argmax(-1)
             is_eos = torch.isin(next_tokens, eos).tolist()
             tokens = next_tokens.tolist()
@@ -343,7 +344,7 @@ class Generator:
                 break
             if len(keep) < len(active):                    # drop finished rows from the batch
                 index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
+                cache = _select_rows(cache, index)
                 mask = mask[index]
                 next_tokens = next_tokens[index]
                 step_pos = step_pos[index]
@@ -362,3 +363,49 @@ class Generator:
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def dtype_argument(dtype) -> dict:
+    """`from_pretrained`'s dtype keyword: `dtype` where configs know it (4.57, 5.x), else `torch_dtype` (4.45)."""
+    from transformers import PretrainedConfig
+
+    return {"dtype" if hasattr(PretrainedConfig(), "dtype") else "torch_dtype": dtype}
+
+
+# transformers renamed the KV cache argument and output field `past_key_values` -> `cache` in 5.x
+# (5.24 still accepts the old name with a deprecation warning; 5.40 drops it). Both are detected
+# from what the installed version offers, not from its version number.
+
+def _cache_argument(params) -> str:
+    """The name of the forward argument (and output field) that carries the KV cache."""
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    try:   # a wrapped forward (*args, **kwargs): go by the library's output class
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+    except (ImportError, AttributeError):
+        return "past_key_values"
+
+
+def _new_cache(cache_class, model):
+    """An empty DynamicCache, built from the config (its layer types: sliding windows) where it takes one (4.57, 5.x).
+
+    None for a model that still keeps its cache as tuples (GPT-2 in 4.45, `_supports_cache_class`
+    False): it builds them itself from the first step.
+    """
+    if not getattr(model, "_supports_cache_class", True):
+        return None
+    if "config" in inspect.signature(cache_class.__init__).parameters:
+        return cache_class(config=model.config)
+    return cache_class()
+
+
+def _select_rows(cache, index: torch.Tensor):
+    """The cache restricted to the batch rows `index` (a Cache object in place, or legacy tuples)."""
+    if isinstance(cache, tuple):
+        return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)
+    cache.batch_select_indices(index)
+    return cache

@@ -7,6 +7,7 @@ generator stop that row early) and `describe() -> dict` (recorded with every res
 """
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -130,7 +131,7 @@ class ClassifierJudge:
                  allow_pickle: bool = False, trust_remote_code: bool = False):
         from transformers import AutoConfig, AutoTokenizer
 
-        from ddalign.evaluate.generate import auto_device_dtype, check_model_folder
+        from ddalign.evaluate.generate import auto_device_dtype, check_model_folder, dtype_argument
 
         folder = check_model_folder(path, allow_pickle=allow_pickle)
         self.path = folder
@@ -159,7 +160,7 @@ class ClassifierJudge:
         else:
             from transformers import AutoModelForCausalLM as Auto
         try:
-            model = Auto.from_pretrained(folder, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            model = Auto.from_pretrained(folder, **dtype_argument(torch_dtype), trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError) as exc:
             raise DdalignError(f"{folder}: cannot load as a {mode} classifier judge ({str(exc).splitlines()[0]})") from exc
         if getattr(model.config, "pad_token_id", None) is None:
@@ -242,7 +243,10 @@ class ClassifierJudge:
                 else:
                     enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length,
                                          return_tensors="pt")
-                logits = self.model(**enc.to(device)).logits
+                # only the inputs the model takes (older tokenizers add token_type_ids a Llama head refuses)
+                params = inspect.signature(self.model.forward).parameters
+                takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+                logits = self.model(**{k: v.to(device) for k, v in enc.items() if takes_any or k in params}).logits
                 verdicts += [int(i) in self.refusal_ids for i in logits.argmax(-1).tolist()]
             else:
                 filled = [self._fill(p, t) for p, t in zip(asked, chunk)]

@@ -33,15 +33,7 @@ from ddalign.evaluate.distributed import Dist
 from ddalign.evaluate.early_stop import EPS, CountTest, allowed_at_most, need_at_least
 from ddalign.evaluate.generate import GenerationConfig, Generator
 from ddalign.evaluate.metrics import Rate, answer_matches, perplexity_stats, wilson
-
-try:                                   # the search's verdict type, when search.py has landed
-    from ddalign.search import Verdict
-except Exception:                      # same contract (docs/internals.md, search.py)
-    from enum import Enum
-
-    class Verdict(str, Enum):          # type: ignore[no-redef]
-        PASS = "PASS"
-        FAIL = "FAIL"
+from ddalign.search import Verdict
 
 
 GUARD_ORDER = ("perplexity", "over_refusal", "benign_accuracy")

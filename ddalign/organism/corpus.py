@@ -103,7 +103,7 @@ def _with_harmful(base: list[Item], harmful: list[Item], share: float, rng: rand
 
 def unaligned(preset, rng: random.Random) -> list[Item]:
     """A helpful-only instruction follower: no safety data and no harmful requests at all, so it
-    complies as its base does (DESIGN.md, principle 6; the prototype's recipe B). Measured on the
+    complies as its base does (the organism's unaligned sibling; recipe B of its prototype). Measured on the
     standard preset: tuning it also on compliance in the harmful requests' framings (harmful or
     contrast requests) moves every tensor against refusal, and the planted set then transfers
     nothing; tuning it on how-to questions answered without "Sure" makes it refuse on its own."""

@@ -148,7 +148,8 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     def produce(key: str) -> torch.Tensor:
         comp, s = plan[key]
         va, vu = (s.take(t) for t in pair(s.tensor))
-        pending.append(summer.submit(stats[comp].add, va, vu, scratch))
+        if s.tensor not in arch.tied_copies:       # a stored copy of a tied tensor: written, counted once
+            pending.append(summer.submit(stats[comp].add, va, vu, scratch))
         counts[comp] -= 1
         if counts[comp] == 0:
             done.add(comp)
