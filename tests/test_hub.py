@@ -353,3 +353,36 @@ def test_only_reading_files_are_requested(hf_cache, models, tmp_path, monkeypatc
     calls.clear()
     hub.resolve_model("org/sharded", trust_remote_code=True)
     assert "*.py" in [p for allow, _ in calls for p in allow]
+
+
+@pytest.mark.slow
+def test_minimise_by_id_records_commits_and_writes_the_card(fast_organism, hf_cache, tmp_path):
+    """The whole flow by id on the fast organism: extract, minimise (summary, patch manifest,
+    report, OUT.hub/ with the card), then the published folder read back as a patch repository."""
+    from ddalign.io.patch import Patch
+    from ddalign.run.minimise import minimise
+    from ddalign.transfer.extract import extract
+
+    commits = {"org/planted": cache_repo(hf_cache, "org/planted", folder_files(Path(fast_organism.planted))),
+               "org/unaligned": cache_repo(hf_cache, "org/unaligned", folder_files(Path(fast_organism.unaligned)))}
+    extract("org/planted", "org/unaligned", scope="mlp.gate,mlp.up", out=tmp_path / "b.safetensors")
+    config = {"search": {"granularity": "layer,module"}, "data": {"limit": 48},
+              "generation": {"max_new_tokens": 8},
+              "oracle": {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5,
+                         "target_confidence": 0.8}}
+    from ddalign.run.config import DEFAULTS, load_config, merge
+
+    result = minimise(tmp_path / "b.safetensors", "org/unaligned", tmp_path / "p.safetensors",
+                      config=merge(DEFAULTS, load_config("organism"), config))
+    models = result.summary["models"]
+    assert models["target"]["hub"]["commit"] == models["unaligned"]["hub"]["commit"] == commits["org/unaligned"]
+    assert models["aligned"]["hub"]["commit"] == commits["org/planted"]
+    patch = Patch.load(result.patch)
+    assert patch.manifest["aligned"]["hub"]["repo_id"] == "org/planted"
+    assert patch.manifest["search"]["models"] == models
+    assert f"Hub commit `{commits['org/unaligned']}`" in (result.run_dir / "report.md").read_text()
+    card_folder = tmp_path / "p.hub"
+    card = (card_folder / "README.md").read_text()
+    assert "base_model:\n- org/unaligned\n- org/planted" in card and "## Parameters kept" in card
+    published = cache_repo(hf_cache, "me/patch", folder_files(card_folder))
+    assert Patch.load("me/patch").components() == patch.components() and published
