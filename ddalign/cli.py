@@ -27,15 +27,15 @@ def cli() -> None:
 # --- extract / apply (foundation) -------------------------------------------------------------
 
 @cli.command("extract")
-@click.option("--aligned", required=True, type=click.Path(path_type=str), help="The aligned model: folder or Hub id (org/name[@rev]).")
-@click.option("--unaligned", required=True, type=click.Path(path_type=str), help="The unaligned sibling (same base): folder or Hub id.")
+@click.option("--aligned", required=True, type=click.Path(path_type=str), help="The aligned model (folder or Hub id).")
+@click.option("--unaligned", required=True, type=click.Path(path_type=str), help="The unaligned sibling (same base).")
 @click.option("--scope", default="mlp.gate", show_default=True,
               help="mlp.gate, mlp, attn, all, a module name, or component patterns (L*.mlp.gate,L*.attn.o).")
 @click.option("--layers", default=None, help="Layer range, e.g. 8-20 or 3,5-7.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Bundle file (.safetensors).")
 @click.option("--plot", default=None, type=click.Path(path_type=str), help="Layer x module heatmap of the relative delta (PNG).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle file.")
-@click.option("--allow-pickle", is_flag=True, help="Allow (and fetch from the Hub) pickle (.bin) weights, read with weights_only=True.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
 def extract_cmd(aligned: str, unaligned: str, scope: str, layers: str | None, out: str, plot: str | None,
                 overwrite: bool, allow_pickle: bool) -> None:
     """Write the alignment delta bundle of ALIGNED over UNALIGNED (streamed, tensor by tensor)."""
@@ -75,14 +75,14 @@ def _layer_stats_table(rows: list[dict], bundle):
 
 @cli.command("apply")
 @click.argument("patch", type=click.Path(path_type=str))   # a file or a Hub id
-@click.option("--to", "target", required=True, type=click.Path(path_type=str), help="Checkpoint folder or Hub id to patch.")
+@click.option("--to", "target", required=True, type=click.Path(path_type=str), help="Checkpoint (folder or Hub id) to patch.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output checkpoint folder.")
 @click.option("--components", default=None, help="Apply only these components (comma-separated patterns or blocks).")
 @click.option("--max-shard-size", default="5GB", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--allow-other-base", is_flag=True,
               help="Apply to a checkpoint other than the unaligned model the patch was made from.")
-@click.option("--allow-pickle", is_flag=True, help="Allow (and fetch from the Hub) pickle (.bin) weights, read with weights_only=True.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
 def apply_cmd(patch: str, target: str, out: str, components: str | None, max_shard_size: str, overwrite: bool,
               allow_other_base: bool, allow_pickle: bool) -> None:
     """Write TARGET with PATCH applied to OUT; every other tensor byte-identical."""
@@ -100,7 +100,7 @@ def apply_cmd(patch: str, target: str, out: str, components: str | None, max_sha
 @cli.command("evaluate")
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--patch", "patch", default=None, help="Patch (.safetensors) applied in memory for the evaluation.")
-@click.option("--harmful", default=None, help="Harmful prompts (csv/json/jsonl/parquet/txt, hf://datasets/ORG/NAME[@REV][/FILE], builtin:NAME, or none). Default: built-in held-out set.")
+@click.option("--harmful", default=None, help="Harmful prompts (csv/json/jsonl/parquet/txt, hf://datasets/ORG/NAME[/FILE], builtin:NAME, or none). Default: built-in held-out set.")
 @click.option("--safe", default=None, help="Safe-but-scary prompts for over-refusal (file, builtin:NAME, or none).")
 @click.option("--benign", default=None, help="Benign prompts with references for accuracy and perplexity (file, builtin:NAME, or none).")
 @click.option("--column", default=None, help="Column / field holding the prompt in the data files.")
@@ -239,7 +239,7 @@ def _minimise_overrides(o: dict) -> dict:
 
 @cli.command("minimise")
 @click.argument("bundle", type=click.Path(path_type=str, exists=True, dir_okay=False))
-@click.option("--target", required=True, type=click.Path(path_type=str), help="The unaligned model to patch: folder or Hub id (org/name[@rev]).")
+@click.option("--target", required=True, type=click.Path(path_type=str), help="The unaligned model (folder or Hub id) to patch.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str),
               help="Output patch (.safetensors); journal and report go to OUT.run/.")
 @click.option("--config", "config_file", default=None, help="Preset name (e.g. llama2, organism) or TOML file; options win.")

@@ -160,7 +160,8 @@ def test_revisions_cached_and_not(hf_cache, models, tmp_path):
     tagged = Checkpoint.open("org/ft@v1").hub
     assert (tagged.commit, tagged.revision) == (older, "v1")
     assert Checkpoint.open(f"org/ft@{older}").hub.commit == older          # a commit hash as the revision
-    with pytest.raises(DdalignError, match=r"org/ft@v2: not a local path, and not in the Hub cache.*HF_HUB_OFFLINE") as e:
+    with pytest.raises(DdalignError, match=r"org/ft@v2: not a local path, and not in the Hub cache.*HF_HUB_OFFLINE") \
+            as e:
         Checkpoint.open("org/ft@v2")
     assert "\n" not in str(e.value)
     with pytest.raises(DdalignError, match="org/missing@main.*HF_HUB_OFFLINE"):
@@ -329,7 +330,8 @@ def test_only_reading_files_are_requested(hf_cache, models, tmp_path, monkeypatc
     shards = sorted(n for n in files if n.endswith(".safetensors"))
     assert len(shards) > 1 and "model.safetensors.index.json" in files
     files.update({"consolidated.safetensors": files[shards[0]], "modeling_x.py": b"import os\n",
-                  "tokenizer.json": models[1] / "tokenizer.json", "tokenizer_config.json": models[1] / "tokenizer_config.json"})
+                  "tokenizer.json": models[1] / "tokenizer.json",
+                  "tokenizer_config.json": models[1] / "tokenizer_config.json"})
     cache_repo(hf_cache, "org/sharded", files)
     calls = []
     real = huggingface_hub.snapshot_download
@@ -343,7 +345,8 @@ def test_only_reading_files_are_requested(hf_cache, models, tmp_path, monkeypatc
     assert len(ck.names()) == len(Checkpoint.open(tmp_path / "sharded").names())
     requested = [p for allow, _ in calls for p in allow]
     assert {"config.json", "generation_config.json", "tokenizer*", "model.safetensors.index.json"} <= set(requested)
-    assert set(shards) <= set(requested) and "consolidated.safetensors" not in requested and "*.safetensors" not in requested
+    assert set(shards) <= set(requested)
+    assert "consolidated.safetensors" not in requested and "*.safetensors" not in requested
     assert not [p for p in requested if p.endswith((".bin", ".py", ".pt", ".pth"))]
     assert all(ignore == ["*/*"] for _, ignore in calls)
     calls.clear()

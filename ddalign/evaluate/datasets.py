@@ -113,7 +113,8 @@ def load_prompts(path, *, column: str | None = None, split: str | None = None) -
     elif suffix in (".txt", ".text", ""):
         return [Prompt(line.strip()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
     else:
-        raise DdalignError(f"{path}: unknown prompt file type {suffix!r}; expected .csv, .json, .jsonl, .parquet or .txt")
+        raise DdalignError(f"{path}: unknown prompt file type {suffix!r}; "
+                           f"expected .csv, .json, .jsonl, .parquet or .txt")
     prompts = [Prompt(r) if isinstance(r, str) else _from_record(r, column, src) for src, r in records]
     if split is not None:
         prompts = [p for p, (_, r) in zip(prompts, records) if isinstance(r, dict) and r.get("split") == split]

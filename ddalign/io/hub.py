@@ -165,9 +165,9 @@ def _error(hub_id: HubId, exc: Exception, what: str = "repository") -> DdalignEr
                             f"with the Hub reachable (unset HF_HUB_OFFLINE)")
     if "LocalEntryNotFoundError" in names or "OfflineModeIsEnabled" in names:
         if _offline():
-            return DdalignError(f"{where}: not a local path, and not in the Hub cache ({_cache_dir()}); HF_HUB_OFFLINE=1 "
-                                f"forbids downloading it: unset HF_HUB_OFFLINE (or set HF_HUB_OFFLINE=0), or point "
-                                f"HF_HOME / HF_HUB_CACHE at a cache that holds it")
+            return DdalignError(f"{where}: not a local path, and not in the Hub cache ({_cache_dir()}); "
+                                f"HF_HUB_OFFLINE=1 forbids downloading it: unset HF_HUB_OFFLINE (or set "
+                                f"HF_HUB_OFFLINE=0), or point HF_HOME / HF_HUB_CACHE at a cache that holds it")
         return DdalignError(f"{where}: not a local path, not in the Hub cache ({_cache_dir()}), and the Hub cannot "
                             f"be reached; connect, or set HF_HUB_OFFLINE=1 to use cached repositories only")
     if "EntryNotFoundError" in names:

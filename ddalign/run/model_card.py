@@ -84,7 +84,8 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
         "| model | " + " | ".join(f"{label} {arrow}" for _, label, arrow in METRICS) + " |",
         "|---|" + "---|" * len(METRICS)]
     for label, key in (("target before", "before"), ("full transplant", "full"), ("minimal patch", "minimal")):
-        out.append(f"| {label} | " + " | ".join(_cell(k, (metrics.get(key) or {}).get(k)) for k, _, _ in METRICS) + " |")
+        cells = (_cell(k, (metrics.get(key) or {}).get(k)) for k, _, _ in METRICS)
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
     check = summary.get("heldout_check")
     if check:
         from ddalign.run.minimise import heldout_text
