@@ -16,13 +16,18 @@ console = Console(stderr=True)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ddalign")
 def cli() -> None:
-    """Transplant a minimal set of alignment blocks from an aligned model into an unaligned sibling."""
+    """Transplant a minimal set of alignment blocks from an aligned model into an unaligned sibling.
+
+    Models and patches: a local path or a Hugging Face Hub id, org/name[@revision] (docs/hub.md)."""
+    from ddalign.io.hub import show_messages
+
+    show_messages(lambda line: console.print(line, highlight=False, soft_wrap=True))
 
 
 # --- extract / apply (foundation) -------------------------------------------------------------
 
 @cli.command("extract")
-@click.option("--aligned", required=True, type=click.Path(path_type=str), help="The aligned model folder.")
+@click.option("--aligned", required=True, type=click.Path(path_type=str), help="The aligned model (folder or Hub id).")
 @click.option("--unaligned", required=True, type=click.Path(path_type=str), help="The unaligned sibling (same base).")
 @click.option("--scope", default="mlp.gate", show_default=True,
               help="mlp.gate, mlp, attn, all, a module name, or component patterns (L*.mlp.gate,L*.attn.o).")
@@ -69,8 +74,8 @@ def _layer_stats_table(rows: list[dict], bundle):
 
 
 @cli.command("apply")
-@click.argument("patch", type=click.Path(path_type=str))
-@click.option("--to", "target", required=True, type=click.Path(path_type=str), help="Checkpoint folder to patch.")
+@click.argument("patch", type=click.Path(path_type=str))   # a file or a Hub id
+@click.option("--to", "target", required=True, type=click.Path(path_type=str), help="Checkpoint (folder or Hub id) to patch.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output checkpoint folder.")
 @click.option("--components", default=None, help="Apply only these components (comma-separated patterns or blocks).")
 @click.option("--max-shard-size", default="5GB", show_default=True)
@@ -95,11 +100,11 @@ def apply_cmd(patch: str, target: str, out: str, components: str | None, max_sha
 @cli.command("evaluate")
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--patch", "patch", default=None, help="Patch (.safetensors) applied in memory for the evaluation.")
-@click.option("--harmful", default=None, help="Harmful prompts (csv/json/jsonl/txt, builtin:NAME, or none). Default: built-in held-out set.")
+@click.option("--harmful", default=None, help="Harmful prompts (csv/json/jsonl/parquet/txt, hf://datasets/ORG/NAME[/FILE], builtin:NAME, or none). Default: built-in held-out set.")
 @click.option("--safe", default=None, help="Safe-but-scary prompts for over-refusal (file, builtin:NAME, or none).")
 @click.option("--benign", default=None, help="Benign prompts with references for accuracy and perplexity (file, builtin:NAME, or none).")
 @click.option("--column", default=None, help="Column / field holding the prompt in the data files.")
-@click.option("--judge", default="keyword", show_default=True, help="'keyword' or a local classifier model folder.")
+@click.option("--judge", default="keyword", show_default=True, help="'keyword', or a classifier model folder or Hub id.")
 @click.option("--refusal-marker", "refusal_markers", multiple=True, help="Extra refusal marker (repeatable).")
 @click.option("--refusal-markers", "refusal_markers_file", default=None, type=click.Path(path_type=str),
               help="Text file of extra refusal markers, one a line.")
@@ -234,7 +239,7 @@ def _minimise_overrides(o: dict) -> dict:
 
 @cli.command("minimise")
 @click.argument("bundle", type=click.Path(path_type=str, exists=True, dir_okay=False))
-@click.option("--target", required=True, type=click.Path(path_type=str), help="The unaligned model folder to patch.")
+@click.option("--target", required=True, type=click.Path(path_type=str), help="The unaligned model (folder or Hub id) to patch.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str),
               help="Output patch (.safetensors); journal and report go to OUT.run/.")
 @click.option("--config", "config_file", default=None, help="Preset name (e.g. llama2, organism) or TOML file; options win.")
@@ -258,7 +263,7 @@ def _minimise_overrides(o: dict) -> dict:
 @_data_options
 @click.option("--column", default=None, help="Column / field holding the prompt in the data files.")
 @click.option("--limit", type=int, default=None, help="Use only N prompts of each set, evenly spaced over it (sets are often grouped by category).")
-@click.option("--judge", default=None, help="'keyword' or a local classifier model folder.")
+@click.option("--judge", default=None, help="'keyword', or a classifier model folder or Hub id.")
 @click.option("--refusal-marker", "refusal_markers", multiple=True, help="Extra refusal marker (repeatable).")
 @click.option("--max-new-tokens", type=int, default=None, help="Tokens generated per oracle prompt.")
 @click.option("--batch-size", type=int, default=None)

@@ -72,12 +72,16 @@ def _from_record(row: dict, column: str | None, source: str) -> Prompt:
 
 
 def load_prompts(path, *, column: str | None = None, split: str | None = None) -> list[Prompt]:
-    """Prompts from a .csv, .json, .jsonl or .txt file (see the module docstring for formats)."""
+    """Prompts from a .csv, .json, .jsonl, .parquet (with pyarrow) or .txt file (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise DdalignError(f"{path}: no such prompt file")
     suffix = path.suffix.lower()
     records: list[tuple[str, dict | str]] = []
+    if suffix == ".parquet":
+        records = [(f"{path}, row {i}", row) for i, row in enumerate(_parquet_rows(path))]
+        prompts = [_from_record(r, column, src) for src, r in records]
+        return prompts if split is None else [p for p, (_, r) in zip(prompts, records) if r.get("split") == split]
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -109,11 +113,24 @@ def load_prompts(path, *, column: str | None = None, split: str | None = None) -
     elif suffix in (".txt", ".text", ""):
         return [Prompt(line.strip()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
     else:
-        raise DdalignError(f"{path}: unknown prompt file type {suffix!r}; expected .csv, .json, .jsonl or .txt")
+        raise DdalignError(f"{path}: unknown prompt file type {suffix!r}; "
+                           f"expected .csv, .json, .jsonl, .parquet or .txt")
     prompts = [Prompt(r) if isinstance(r, str) else _from_record(r, column, src) for src, r in records]
     if split is not None:
         prompts = [p for p, (_, r) in zip(prompts, records) if isinstance(r, dict) and r.get("split") == split]
     return prompts
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    """A Parquet file's rows as dicts (pyarrow, when installed: Hub datasets are often Parquet)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DdalignError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:          # pyarrow raises its own ArrowInvalid / OSError kinds
+        raise DdalignError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 
 def builtin_records(name: str) -> list[dict]:

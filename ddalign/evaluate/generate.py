@@ -114,9 +114,12 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return safe, pickled
 
 
-def check_model_folder(path, *, allow_pickle: bool = False) -> Path:
-    """The folder, if it holds config.json and weights we may load (safetensors, or pickle when allowed)."""
-    folder = Path(path)
+def check_model_folder(path, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Path:
+    """The folder (or the Hub id's snapshot, see ddalign.io.hub), if it holds config.json and
+    weights we may load (safetensors, or pickle when allowed)."""
+    from ddalign.io.hub import resolve_model
+
+    folder = resolve_model(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code).path
     if not folder.is_dir():
         raise DdalignError(f"{folder}: expected a model folder (config.json + weights), not found")
     if not (folder / "config.json").is_file():
@@ -146,7 +149,7 @@ def _needs_device_map(folder: Path, dtype: torch.dtype, device: str) -> bool:
 def load_model(path, *, device: str | None = None, dtype: str | torch.dtype | None = None,
                device_map: str | dict | None = None, trust_remote_code: bool = False,
                allow_pickle: bool = False):
-    """Load a local causal-LM folder once, for evaluation: (model in eval mode, tokenizer).
+    """Load a causal-LM folder (or Hub id) once, for evaluation: (model in eval mode, tokenizer).
 
     Safetensors only unless `allow_pickle` (pickle can run code). Device and dtype are chosen
     automatically (see `auto_device_dtype`); a model bigger than one GPU gets
@@ -154,7 +157,7 @@ def load_model(path, *, device: str | None = None, dtype: str | torch.dtype | No
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = check_model_folder(path, allow_pickle=allow_pickle)
+    folder = check_model_folder(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     safe, _ = _weight_files(folder)
     device, torch_dtype = auto_device_dtype(device, dtype)
     if device_map is None and _needs_device_map(folder, torch_dtype, device):

@@ -133,8 +133,11 @@ class ClassifierJudge:
 
         from ddalign.evaluate.generate import auto_device_dtype, check_model_folder, dtype_argument
 
-        folder = check_model_folder(path, allow_pickle=allow_pickle)
-        self.path = folder
+        from ddalign.io.hub import resolve_model
+
+        location = resolve_model(path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        folder = check_model_folder(location, allow_pickle=allow_pickle)
+        self.path, self.spec, self.hub = folder, location.spec, location.hub
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         archs = list(getattr(config, "architectures", None) or [])
         if mode == "auto":
@@ -261,7 +264,9 @@ class ClassifierJudge:
         return verdicts
 
     def describe(self) -> dict:
-        info = {"kind": self.kind, "path": str(self.path), "mode": self.mode,
+        hub = self.hub.provenance() if self.hub is not None else None
+        info = {"kind": self.kind, "path": self.spec if hub else str(self.path), **({"hub": hub} if hub else {}),
+                "mode": self.mode,
                 "model_type": getattr(self.model.config, "model_type", None), "max_length": self.max_length}
         if self.mode == "sequence":
             info.update(labels=self.labels, refusal_labels=sorted(self.labels[i] for i in self.refusal_ids),
@@ -277,8 +282,9 @@ def make_judge(spec: str | None = "keyword", *, markers: Iterable[str] = (), mar
     """The CLI's `--judge keyword|PATH`: a keyword judge, or a classifier judge on a local folder."""
     if spec in (None, "", "keyword"):
         return KeywordJudge(extra=markers, markers_file=markers_file)
-    folder = Path(spec)
-    if not folder.exists():
-        raise DdalignError(f"--judge {spec}: expected 'keyword' or a local classifier model folder")
-    return ClassifierJudge(folder, refusal_labels=refusal_labels, device=device, dtype=dtype,
+    from ddalign.io.hub import is_hub_id
+
+    if not Path(spec).exists() and not is_hub_id(spec):
+        raise DdalignError(f"--judge {spec}: expected 'keyword', a local classifier model folder or a Hub id")
+    return ClassifierJudge(spec, refusal_labels=refusal_labels, device=device, dtype=dtype,
                            allow_pickle=allow_pickle)

@@ -76,7 +76,8 @@ class EvaluationRecord:
 
 
 def resolve_prompts(role: str, spec, *, column: str | None = None, limit: int | None = None) -> tuple[list, str] | None:
-    """Prompts for one role from a path, 'builtin:NAME', a list, or None (the built-in default).
+    """Prompts for one role from a path, 'builtin:NAME', a Hub dataset ('hf://datasets/ORG/NAME[@REV][/FILE]'),
+    a list, or None (the built-in default).
     'none' skips the role. Returns (prompts, description) or None when skipped."""
     if isinstance(spec, str) and spec.lower() == "none":
         return None
@@ -85,6 +86,12 @@ def resolve_prompts(role: str, spec, *, column: str | None = None, limit: int | 
 
         name = BUILTIN_SETS[role] if spec is None else spec.removeprefix("builtin:")
         prompts, source = list(builtin(name)), f"builtin:{name}"
+    elif isinstance(spec, str) and spec.startswith("hf://"):      # hf://datasets/ORG/NAME[@REV][/FILE]
+        from ddalign.evaluate.datasets import load_prompts
+        from ddalign.io.hub import download_prompt_file
+
+        path, source = download_prompt_file(spec)                     # source: pinned to the commit
+        prompts = list(load_prompts(path, column=column))
     elif isinstance(spec, (str, os.PathLike)):
         from ddalign.evaluate.datasets import load_prompts
 

@@ -119,11 +119,22 @@ class Checkpoint:
         self._pickled = pickled
         self._files: dict[str, object] = {}
         self.metadata: dict[str, str] = {}      # a single file's safetensors metadata (open_file)
+        self.hub = None                         # the Hub snapshot (ddalign.io.hub.HubSnapshot), if any
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
     def open(cls, path, *, allow_pickle: bool = False) -> "Checkpoint":
-        path = Path(path)
+        """A folder, a .safetensors file, or a Hub id (`org/name[@revision]`, see ddalign.io.hub);
+        `.hub` holds the Hub snapshot it came from (None for a local path)."""
+        from ddalign.io.hub import resolve_model
+
+        location = resolve_model(path, allow_pickle=allow_pickle)
+        ck = cls._open_local(location.path, allow_pickle)
+        ck.hub = location.hub
+        return ck
+
+    @classmethod
+    def _open_local(cls, path: Path, allow_pickle: bool) -> "Checkpoint":
         if not path.exists():
             raise DdalignError(f"{path}: no such checkpoint folder or file")
         if path.is_file():

@@ -65,12 +65,17 @@ class Patch:
     manifest: dict
     path: Path | None = None
     _arch: ArchitectureMap | None = field(default=None, repr=False, compare=False)
+    hub: object = field(default=None, repr=False, compare=False)     # the Hub snapshot it was loaded from
 
     # --- I/O -------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path) -> "Patch":
-        """The manifest now, the values when first used (read from the file, not memory-mapped)."""
-        path = Path(path)
+        """The manifest now, the values when first used (read from the file, not memory-mapped).
+
+        `path` is a patch file or a Hub id (`org/name[@revision]`) of a repository holding one."""
+        from ddalign.io.hub import resolve_patch
+
+        path, hub = resolve_patch(path)
         if not path.is_file():
             raise DdalignError(f"{path}: no such patch file")
         stored = Checkpoint.open_file(path)            # the header, read once
@@ -90,7 +95,9 @@ class Patch:
                 if key not in stored:
                     raise DdalignError(f"{path}: manifest names tensor {key!r}, missing from the file")
                 entries.append(PatchEntry(comp, s, _load=partial(stored.get, key)))
-        return cls(entries, manifest, path)
+        patch = cls(entries, manifest, path)
+        patch.hub = hub
+        return patch
 
     def save(self, path) -> Path:
         """Atomic write; tensors in component order."""

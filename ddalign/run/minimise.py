@@ -356,7 +356,9 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
     from ddalign.evaluate.judges import make_judge
     from ddalign.evaluate.oracle import Oracle
     from ddalign.evaluate.runner import evaluate_model
+    from ddalign.io.hub import run_models
     from ddalign.io.patch import Patch
+    from ddalign.run.model_card import write_model_card
 
     say = log or (lambda text: None)
     settings = MinimiseSettings.from_config(config)
@@ -457,6 +459,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
     levels = [{"level": lv.name, "items": lv.items, "kept": units.concrete(lv.minimal), "tests": lv.tests,
                "skipped": lv.skipped} for lv in result.levels]
     cost = {**oracle.total_cost, "calibration": cal.cost, "oracle_calls": oracle.calls}
+    models = run_models(bundle_patch.manifest, target)        # paths, and Hub ids with their commits
     search_info = {"algorithm": settings.algorithm, "granularity": list(settings.granularity),
                    "block_size": settings.block_size, "assume_monotone": settings.assume_monotone,
                    "layers": settings.layers, "oracle": oracle.describe(),
@@ -465,10 +468,10 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                    "tests": tests, "resumed_from_journal": from_journal,
                    "answered_without_test": result.cached + result.inferred,
                    "levels": levels, "cost": cost, "bundle": {"path": str(bundle), **header["bundle"]},
-                   "target": str(target),
+                   "target": str(target), "models": models,
                    "metrics": metrics["minimal"], "kept_params": kept_params, "total_params": total,
                    "param_share": kept_params / total if total else 0.0, "created": _now()}
-    summary = {"bundle": str(bundle), "target": str(target), "algorithm": settings.algorithm,
+    summary = {"bundle": str(bundle), "target": str(target), "models": models, "algorithm": settings.algorithm,
                "granularity": list(settings.granularity), "oracle": search_info["oracle"],
                "architecture": {"family": arch.family, "num_layers": arch.num_layers,
                                 "modules": sorted({m for layer in range(arch.num_layers) for m in arch.modules(layer)})},
@@ -490,6 +493,7 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
             from ddalign.run.report import write_report
 
             write_report(paths.run_dir)
+            write_model_card(paths.run_dir, paths.patch.with_suffix(".hub"))    # a folder to publish as is
     return MinimiseResult(patch=paths.patch, run_dir=paths.run_dir, kept=kept, kept_params=kept_params,
                           full_params=full_params, total_params=total, tests=tests,
                           answered_without_test=search_info["answered_without_test"], metrics=metrics,
@@ -645,8 +649,9 @@ def _check_target_base(patch, target, allow_other_base: bool, allow_pickle: bool
     differing, checked = base_mismatches(patch, target, allow_pickle=allow_pickle)
     if not differing:
         return
-    text = (f"{target}: {len(differing)} of {checked} patched tensors differ from the unaligned model the "
-            f"bundle was made from (first: {differing[0]})")
+    from ddalign.io.hub import base_mismatch_text
+
+    text = base_mismatch_text(patch, target, target, differing, checked)
     if not allow_other_base:
         raise DdalignError(text + "; pass --allow-other-base to search on another fine-tune of the same base")
     say("warning: " + text)

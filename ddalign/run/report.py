@@ -85,6 +85,23 @@ def oracle_line(oracle: dict) -> str | None:
     return f"- oracle: {rule_text(config, cal)}"
 
 
+def model_text(model: dict) -> str:
+    """`org/name@main` at commit `0123456789ab`, or the local path (a summary's `models` entry)."""
+    hub = model.get("hub") or {}
+    if hub.get("repo_id"):
+        return f"`{hub['repo_id']}@{hub.get('revision') or 'main'}` (Hub commit `{hub.get('commit')}`)"
+    return f"`{model.get('path')}` (local)"
+
+
+def model_lines(summary: dict) -> list[str]:
+    """The report's lines on the models of the run: every one given by Hub id, with its commit."""
+    models = summary.get("models") or {}
+    if not any((m or {}).get("hub") for m in models.values()):
+        return []
+    labels = {"aligned": "aligned model", "unaligned": "unaligned model (the bundle's base)", "target": "target"}
+    return [f"- {labels.get(role, role)}: {model_text(m)}" for role, m in models.items() if m]
+
+
 def markdown(summary: dict, tests: list[dict]) -> str:
     total = summary.get("total_params") or 0
     share = lambda p: "-" if p is None or not total else f"{100 * p / total:.3f}%"
@@ -93,6 +110,7 @@ def markdown(summary: dict, tests: list[dict]) -> str:
             ("minimal patch", metrics.get("minimal"), summary.get("kept_params"))]
     out = ["# ddalign minimise report", "",
            f"- bundle: `{summary.get('bundle')}`", f"- target: `{summary.get('target')}`",
+           *model_lines(summary),
            f"- patch: `{summary.get('patch')}`",
            f"- search: {summary.get('algorithm')} over {', '.join(summary.get('granularity', []))}; "
            f"{summary.get('tests')} oracle tests"

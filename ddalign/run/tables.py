@@ -52,4 +52,8 @@ def summary_table(summary: dict) -> Table:
     table = comparison_table(rows, title=f"held-out sets: {summary.get('target', '')}")
     table.caption += (f"; {summary.get('tests', 0)} oracle tests, "
                       f"{len(summary.get('kept', []))} component(s) kept")
+    hubs = {role: m["hub"] for role, m in (summary.get("models") or {}).items() if (m or {}).get("hub")}
+    if hubs:                # models given by Hub id: which commit the run used
+        table.caption += "\n" + "; ".join(f"{role} {h['repo_id']}@{str(h.get('commit'))[:12]}"
+                                           for role, h in hubs.items())
     return table

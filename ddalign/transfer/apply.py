@@ -198,9 +198,10 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
     check_compatible(patch, ck)
     differing, checked = base_mismatches(patch, target, ckpt=ck)
     if differing and not allow_other_base:
-        raise DdalignError(f"{target}: {len(differing)} of {checked} patched tensors differ from the unaligned model "
-                           f"the patch was made from (first: {differing[0]}); pass --allow-other-base to apply "
-                           f"it to another fine-tune of the same base")
+        from ddalign.io.hub import base_mismatch_text
+
+        raise DdalignError(base_mismatch_text(patch, ck, target, differing, checked) + "; pass --allow-other-base "
+                           "to apply it to another fine-tune of the same base")
     by_tensor: dict[str, list[PatchEntry]] = {}
     for e in patch.entries:
         by_tensor.setdefault(e.slice.tensor, []).append(e)

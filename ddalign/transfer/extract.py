@@ -111,8 +111,8 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         "architecture": {**arch.describe(), "config": a.config,
                          "shapes": {n: list(s) for n, s in a.shapes().items()}},
         "scope": scope, "layers": format_layers(layer_list), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-        "aligned": {"path": str(aligned), "fingerprints": prints["aligned"]},
-        "unaligned": {"path": str(unaligned), "fingerprints": prints["unaligned"]},
+        "aligned": {"path": str(aligned), **_hub(a), "fingerprints": prints["aligned"]},
+        "unaligned": {"path": str(unaligned), **_hub(u), "fingerprints": prints["unaligned"]},
         "components": {c: {"slices": [s.as_list() for s in slices[c]]} for c in components},
     }
     done: set[str] = set()
@@ -174,6 +174,11 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         a.close()
         u.close()
     return Patch.load(out)
+
+
+def _hub(ck: Checkpoint) -> dict:
+    """The manifest's record of a model given by Hub id: repository, revision and resolved commit."""
+    return {"hub": ck.hub.provenance()} if ck.hub is not None else {}
 
 
 def _dumps(manifest: dict) -> str:
