@@ -120,14 +120,19 @@ class SearchResult:
 
 
 Test = Callable[[list], Any]
-OnTest = Callable[[list, Verdict, bool, str], None]
+OnTest = Callable[[list, Verdict, bool, str, Any], None]
+"""on_test(subset, verdict, cached, level, outcome): after every question; `outcome` is what the
+test returned for a real test (a Verdict, or a record with a `.verdict`), None when answered
+without one."""
 Progress = Callable[[int], None]
 Key = Callable[[list], Hashable]
 Prior = Mapping[Hashable, float] | Callable[[Any], float] | None
 
 
 def _verdict(value: Any, where: str) -> Verdict:
-    """Accept Verdict, "PASS"/"FAIL" (journals) or bool (True = PASS)."""
+    """Accept Verdict, "PASS"/"FAIL" (journals), bool (True = PASS), or a record with a `.verdict`."""
+    if hasattr(value, "verdict") and not isinstance(value, (str, bool)):
+        value = value.verdict
     if isinstance(value, Verdict):
         return value
     if isinstance(value, bool):
@@ -190,13 +195,14 @@ class _Session:
         # also holds later answers. Cache first would let a replay diverge wherever an
         # inference disagrees with a later real test (a non-monotone oracle, or another unit
         # set with the same key).
-        verdict, source = None, "cache"
+        verdict, source, outcome = None, "cache", None
         if self.assume_monotone:
             verdict, source = self._infer(mask), "inferred"
         if verdict is None:
             verdict, source = self.cache.get(key), "cache"
         if verdict is None:
-            verdict = _verdict(self.test(list(subset)), f"test({len(subset)} items)")
+            outcome = self.test(list(subset))
+            verdict = _verdict(outcome, f"test({len(subset)} items)")
             source = "oracle"
             self.tests += 1
             self.cache[key] = verdict
@@ -204,7 +210,7 @@ class _Session:
             self._learn(mask, verdict)
         self.trace.append(TestRecord(len(self.trace), level, tuple(subset), verdict, source, key))
         if self.on_test is not None:
-            self.on_test(subset, verdict, source != "oracle", level)
+            self.on_test(subset, verdict, source != "oracle", level, outcome)
         return verdict
 
     def estimate(self, remaining: float) -> None:
@@ -449,7 +455,10 @@ def probdd(items: Iterable, test: Test, *, prior: Prior = None, p0: float | None
                  on_test=on_test, progress=progress, level=level, key=key)
 
 
-ALGORITHMS = ("probdd", "ddmin")
+LEVEL_ALGORITHMS = ("probdd", "ddmin")
+"""The searches `hierarchical` runs at each level."""
+ALGORITHMS = ("hierarchical", *LEVEL_ALGORITHMS)
+"""Every search a run can choose (`[search] algorithm`)."""
 
 
 def hierarchical(items: Iterable, test: Test, *, expanders: Sequence[Callable[[Any], list]],
@@ -472,8 +481,8 @@ def hierarchical(items: Iterable, test: Test, *, expanders: Sequence[Callable[[A
     stand for (a layer -> its components) so that a level's starting set, usually the same
     content as the previous level's result, is not tested again.
     """
-    if algorithm not in ALGORITHMS:
-        raise DdalignError(f"search algorithm: expected one of {', '.join(ALGORITHMS)}, "
+    if algorithm not in LEVEL_ALGORITHMS:
+        raise DdalignError(f"search algorithm: expected one of {', '.join(LEVEL_ALGORITHMS)}, "
                            f"got {algorithm!r}")
     expanders = list(expanders)
     count = len(expanders) + 1
