@@ -13,6 +13,9 @@ registry (`ddalign.evaluate.guards`). From these alone follow:
 Precedence: the models' defaults < the config file (a preset name or a path) < the command line.
 `evaluate` measures on the evaluation side of the settings: a field `eval_X` takes the flag `--X`
 there, and its search-side twin `X` is not offered.
+
+(Over 500 lines on purpose: the sections, their validation messages and what is generated from
+them, flags and reference, stay together so that a setting is defined in one file.)
 """
 from __future__ import annotations
 

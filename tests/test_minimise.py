@@ -182,3 +182,20 @@ def test_search_finds_needed_blocks_and_resumes_without_repeating(llama_arch, al
         assert again.minimal == result.minimal
         assert len(oracle2.asked) == len(journal.tests) - cut
         assert not set(oracle2.asked) & set(cache)
+
+
+def test_run_summary_keeps_the_summary_json_format(tmp_path):
+    from ddalign.run.summary import RunSummary
+
+    # the keys summary.json has always had (read by the report, the demo, the tables and the benchmarks)
+    keys = ["bundle", "target", "algorithm", "granularity", "oracle", "architecture", "total_params", "metrics",
+            "kept", "kept_params", "param_share", "full_params", "full_components", "tests",
+            "answered_without_test", "cost", "levels", "data", "heldout_check", "patch", "extents"]
+    summary = RunSummary(kept=["L1.mlp.gate"], kept_params=10, total_params=100, full_params=40, tests=3,
+                         run_dir=tmp_path)
+    assert list(summary.to_dict()) == keys
+    assert summary.full_share == 0.4
+    (tmp_path / "summary.json").write_text(__import__("json").dumps({**summary.to_dict(), "later": 1}))
+    assert RunSummary.load(tmp_path) == summary                     # unknown keys of a later version ignored
+    with pytest.raises(DdalignError, match="no summary.json"):
+        RunSummary.load(tmp_path / "nowhere")

@@ -65,7 +65,8 @@ class PerplexityGuard(Guard):
     metric = "perplexity"
     prompts = "benign"
     default = 0.05
-    description = "Guard: relative perplexity rise allowed over the target's own (0.05 = 5%); false (on the command line: off) switches it off."
+    description = ("Guard: relative perplexity rise allowed over the target's own (0.05 = 5%); false (on the "
+                   "command line: off) switches it off.")
 
     def check_baseline(self, empty: dict) -> None:
         super().check_baseline(empty)
@@ -139,7 +140,8 @@ class BenignAccuracyGuard(Guard):
     metric = "benign_accuracy"
     prompts = "benign"
     default = 0.03
-    description = "Guard: benign task accuracy drop allowed (absolute, 0.03 = three points); false (on the command line: off) switches it off."
+    description = ("Guard: benign task accuracy drop allowed (absolute, 0.03 = three points); false (on the "
+                   "command line: off) switches it off.")
 
     def check_prompts(self, oracle) -> None:
         super().check_prompts(oracle)

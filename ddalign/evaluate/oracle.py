@@ -40,14 +40,7 @@ from ddalign.evaluate.metrics import Rate, answer_matches, perplexity_stats, wil
 from ddalign.settings import Generation, Judge, error_line
 from ddalign.settings import Oracle as OracleSection
 
-try:                                   # the search's verdict type, when search.py has landed
-    from ddalign.search import Verdict
-except Exception:                      # same contract (docs/internals.md, search.py)
-    from enum import Enum
-
-    class Verdict(str, Enum):          # type: ignore[no-redef]
-        PASS = "PASS"
-        FAIL = "FAIL"
+from ddalign.search import Verdict
 
 
 class OracleConfig(OracleSection):
@@ -106,7 +99,8 @@ class OracleConfig(OracleSection):
         known = set(cls.model_fields) | {g.key for g in registered_guards()}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise DdalignError(f"oracle config: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+            raise DdalignError(f"oracle config: unknown field(s) {', '.join(unknown)}; "
+                               f"expected some of {', '.join(sorted(known))}")
         return cls(**data)
 
 

@@ -70,12 +70,12 @@ def _prepare(folder: Path, overwrite: bool) -> None:
 
 
 def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibling: str = "planted",
-             config: Settings | dict | None = None, overwrite: bool = False,
+             scope: str | None = None, config: Settings | dict | None = None, overwrite: bool = False,
              log: Callable[[str], None] | None = None, view=None, progress: bool = True) -> DemoResult:
     """Build (or load from the cache) the organism, then extract -> minimise -> apply -> evaluate.
 
-    `config`: the run's settings (default: the organism preset); `search.scope` is the bundle's
-    scope (default all)."""
+    `config`: the run's settings (default: the organism preset); the bundle's scope is `scope`,
+    else the settings' `search.scope`, else all."""
     from ddalign.transfer.extract import extract
     from ddalign.evaluate.runner import evaluate_model
     from ddalign.run.minimise import minimise
@@ -93,7 +93,7 @@ def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibl
     unaligned = Path(organism.unaligned)
 
     settings = Settings.load("organism") if config is None else as_settings(config)
-    scope = settings.search.scope or "all"
+    scope = scope or settings.search.scope or "all"
     say(f"2/5 extract: the {sibling} aligned sibling against the unaligned one, scope {scope}")
     bundle = folder / "bundle.safetensors"
     extract(aligned, unaligned, scope=scope, out=bundle)
