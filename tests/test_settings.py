@@ -134,6 +134,10 @@ def test_every_setting_has_one_default_in_its_model():
         assert {p.name for p in generated} == {s.dest for s in command_specs(command_name)}
         for param in generated:
             assert param.default is None and not param.show_default, (command_name, param.name)
+    # so a command line that names no setting overrides nothing (the file's values stand)
+    fixed = {"minimise": [__file__, "--target", "t", "-o", "p.safetensors"], "evaluate": ["model"], "demo": []}
+    for command_name, command in _commands().items():
+        assert cli_overrides(dict(command.make_context(command_name, fixed[command_name]).params)) == {}
     # the oracle's runtime config reuses the generation and judge defaults, never restates them
     from ddalign.evaluate.oracle import OracleConfig
     from ddalign.settings import Generation, Judge
