@@ -34,21 +34,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ddalign.architectures import Component  # noqa: E402
-from ddalign.run.config import DEFAULTS, load_config, merge  # noqa: E402
 from ddalign.transfer.extract import extract  # noqa: E402
 from ddalign.errors import DdalignError  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
-from ddalign.run.minimise import bundle_arch, heldout_text, minimise  # noqa: E402
+from ddalign.run.minimise import bundle_arch, minimise  # noqa: E402
 from ddalign.organism import build  # noqa: E402
 from ddalign.organism.build import HELDOUT_SETS  # noqa: E402
 from ddalign.io.patch import Patch  # noqa: E402
-from ddalign.run.report import rule_text  # noqa: E402
+from ddalign.run.rule import heldout_text, rule_text  # noqa: E402
 from ddalign.run.tables import comparison_table  # noqa: E402
+from ddalign.settings import Settings  # noqa: E402
 
 ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
 console = Console()
-GUARDS = ("target_fraction", "target_confidence", "max_ppl_increase", "max_accuracy_drop", "max_over_refusal_rise",
-          "over_refusal_reference")
 
 # The guards the results are judged by (perplexity within 5% and benign accuracy within 3 points of
 # the unaligned sibling) as the oracle's, for the natural sibling: its full transplant costs +5.7%
@@ -64,13 +62,8 @@ SCENARIOS = [  # (sibling, bundle scope, granularity, label, config overrides)
 ]
 
 
-def _organism_config(granularity: str, overrides: dict | None = None) -> dict:
-    return merge(DEFAULTS, load_config("organism"),
-                 {"search": {"granularity": granularity}, **(overrides or {})})
-
-
-def _heldout(summary: dict) -> dict:
-    return summary["data"]["heldout"]
+def _organism_config(granularity: str, overrides: dict | None = None) -> Settings:
+    return Settings.load("organism", {"search": {"granularity": granularity}, **(overrides or {})})
 
 
 def _evaluate(model, patch, data: dict) -> dict:
@@ -121,7 +114,7 @@ def results(organism, work: Path) -> list[dict]:
         console.rule(f"{sibling} sibling, scope {scope}, granularity {granularity}"
                      + (f", guards {overrides['oracle']}" if overrides else ""))
         config = _organism_config(granularity, overrides)
-        guards = {k: config["oracle"].get(k) for k in GUARDS}
+        guards = config.oracle.model_dump()     # the rule and every guard's bound
         started = time.perf_counter()
         try:
             res = minimise(bundles[key], organism.unaligned, work / f"{name}.safetensors",
@@ -136,14 +129,14 @@ def results(organism, work: Path) -> list[dict]:
             out.append(row)
             continue
         seconds = time.perf_counter() - started
-        data = _heldout(res.summary)
+        data = res.data["heldout"]
         aligned_metrics = once("aligned", sibling, lambda: _evaluate(aligned, None, data))
         arch = bundle_arch(Patch.load(bundles[key]))
         row = {"name": name, "sibling": sibling, "scope": scope, "granularity": granularity,
                "guards": guards, "kept": res.kept, "kept_params": res.kept_params, "param_share": res.param_share,
                "full_share": res.full_params / res.total_params, "tests": res.tests, "seconds": round(seconds, 1),
                "metrics": {**res.metrics, "aligned": aligned_metrics},
-               "heldout_check": res.summary.get("heldout_check"),
+               "heldout_check": res.heldout_check,
                "advbench": {"before": _advbench_dsr(organism.unaligned, None),
                             "minimal": _advbench_dsr(organism.unaligned, res.patch)}}
         if sibling == "planted":
@@ -190,17 +183,17 @@ def search_cost(organism, work: Path) -> list[dict]:
     from ddalign.evaluate.generate import load_model
     from ddalign.evaluate.judges import KeywordJudge
     from ddalign.evaluate.oracle import Oracle
-    from ddalign.evaluate.runner import resolve_prompts
-    from ddalign.run.minimise import MinimiseSettings, SearchUnits
+    from ddalign.run.plan import load_sets
+    from ddalign.run.units import SearchUnits
 
     bundle_path = work / "planted-all.safetensors"
     if not bundle_path.exists():
         extract(organism.planted, organism.unaligned, scope="all", out=bundle_path)
     bundle = Patch.load(bundle_path)
     arch = bundle_arch(bundle)
-    settings = MinimiseSettings.from_config(_organism_config("layer,module"))
+    settings = _organism_config("layer,module")
     model, tokenizer = load_model(organism.unaligned)
-    sets = {r: resolve_prompts(r, getattr(settings, r), limit=settings.limit) for r in ("harmful", "safe", "benign")}
+    sets = load_sets(settings, held_out=False)
     units = SearchUnits(bundle.components(), arch)
     modules = units.top(["module"])
     calibration = None

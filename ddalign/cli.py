@@ -9,6 +9,7 @@ from rich.console import Console
 
 from ddalign import __version__
 from ddalign.errors import DdalignError
+from ddalign.settings import Settings, cli_options, cli_overrides
 
 console = Console(stderr=True)
 
@@ -97,56 +98,30 @@ def apply_cmd(patch: str, target: str, out: str, components: str | None, max_sha
 
 # --- evaluate ---------------------------------------------------------------------------------
 
+CONFIG_HELP = "Preset name (e.g. llama2, organism) or TOML / JSON file of settings; the command line wins."
+
+
 @cli.command("evaluate")
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("--patch", "patch", default=None, help="Patch (.safetensors) applied in memory for the evaluation.")
-@click.option("--harmful", default=None, help="Harmful prompts (csv/json/jsonl/parquet/txt, hf://datasets/ORG/NAME[/FILE], builtin:NAME, or none). Default: built-in held-out set.")
-@click.option("--safe", default=None, help="Safe-but-scary prompts for over-refusal (file, builtin:NAME, or none).")
-@click.option("--benign", default=None, help="Benign prompts with references for accuracy and perplexity (file, builtin:NAME, or none).")
-@click.option("--column", default=None, help="Column / field holding the prompt in the data files.")
-@click.option("--judge", default="keyword", show_default=True, help="'keyword', or a classifier model folder or Hub id.")
-@click.option("--refusal-marker", "refusal_markers", multiple=True, help="Extra refusal marker (repeatable).")
-@click.option("--refusal-markers", "refusal_markers_file", default=None, type=click.Path(path_type=str),
-              help="Text file of extra refusal markers, one a line.")
-@click.option("--refusal-label", "refusal_labels", multiple=True, help="Classifier judge: label meaning refusal (repeatable).")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--template", default=None, help="Prompt template with {prompt} ('chat' = the tokenizer's chat template; default: chat template if any, else an Alpaca-style one).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
-@click.option("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, float32 on CPU).")
-@click.option("--limit", type=int, default=None, help="Use only N prompts of each set, evenly spaced over it (sets are often grouped by category).")
-@click.option("--no-early-stop", is_flag=True, help="Generate every answer to the end (no per-row stop once a refusal is decided).")
-@click.option("--accuracy-match", type=click.Choice(["contains", "exact"]), default="contains", show_default=True)
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP)
+@cli_options("evaluate")
 @click.option("--keep-answers", is_flag=True, help="Store every answer in the JSON record.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, loaded with weights_only=True.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the checkpoint folder.")
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=str), help="Write the JSON record here (atomically).")
-@click.option("--config", "config_file", default=None, type=click.Path(path_type=str),
-              help="JSON/TOML file of these options (command line wins).")
-@click.pass_context
-def evaluate_cmd(ctx: click.Context, model: str, **options) -> None:
-    """Evaluate MODEL: defense success, over-refusal, perplexity, benign accuracy (with 95% intervals)."""
+def evaluate_cmd(model: str, patch: str | None, config_file: str | None, keep_answers: bool, allow_pickle: bool,
+                 trust_remote_code: bool, json_out: str | None, **given) -> None:
+    """Evaluate MODEL: defense success, over-refusal, perplexity, benign accuracy (with 95% intervals).
+
+    The sets are the settings' held-out ones (data.eval_*), as minimise measures its final patch."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ddalign.evaluate.generate import GenerationConfig
-    from ddalign.evaluate.judges import make_judge
-    from ddalign.evaluate.runner import evaluate_model, load_options_file, metrics_table
+    from ddalign.evaluate.runner import evaluate_model, metrics_table
 
-    if options["config_file"]:
-        names = {p.name: p.name for p in ctx.command.params}
-        names.update({o.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params for o in p.opts})
-        for given, value in load_options_file(options["config_file"]).items():
-            key = names.get(given)
-            if key is None or key in ("config_file", "model"):
-                raise DdalignError(f"{options['config_file']}: unknown option {given!r}")
-            if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
-                options[key] = tuple(value) if isinstance(value, list) else value
-    o = options
-    judge = make_judge(o["judge"], markers=o["refusal_markers"], markers_file=o["refusal_markers_file"],
-                       refusal_labels=o["refusal_labels"] or None, device=o["device"], dtype=o["dtype"],
-                       allow_pickle=o["allow_pickle"])
-    config = GenerationConfig(max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"],
-                              template=o["template"], device=o["device"], dtype=o["dtype"])
+    settings = Settings.load(config_file, cli_overrides(given))
+    data, g = settings.data, settings.generation
+    judge = settings.make_judge(allow_pickle=allow_pickle)
     columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -157,16 +132,16 @@ def evaluate_cmd(ctx: click.Context, model: str, **options) -> None:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        record = evaluate_model(model, patch=o["patch"], harmful=o["harmful"], safe=o["safe"],
-                                benign=o["benign"], column=o["column"], judge=judge, config=config,
-                                limit=o["limit"], early_stop=not o["no_early_stop"],
-                                accuracy_match=o["accuracy_match"], keep_answers=o["keep_answers"],
-                                device=o["device"], dtype=o["dtype"], allow_pickle=o["allow_pickle"],
-                                trust_remote_code=o["trust_remote_code"], progress=progress)
+        record = evaluate_model(model, patch=patch, harmful=data.eval_harmful, safe=data.eval_safe,
+                                benign=data.eval_benign, column=data.column, judge=judge,
+                                config=settings.generation_config(held_out=True), limit=data.eval_limit,
+                                early_stop=g.early_stop, accuracy_match=settings.judge.accuracy_match,
+                                keep_answers=keep_answers, device=g.device, dtype=g.dtype,
+                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress)
     Console().print(metrics_table(record))
-    if o["json_out"]:
-        record.save(o["json_out"])
-        console.print(f"wrote {o['json_out']}")
+    if json_out:
+        record.save(json_out)
+        console.print(f"wrote {json_out}")
 
 
 # --- organism ---------------------------------------------------------------------------------
@@ -206,104 +181,47 @@ def _print_organism(organism) -> None:
 
 # --- minimise / report / demo -----------------------------------------------------------------
 
-def _data_options(f):
-    """The prompt-set options shared by minimise and demo (each None = the config's value)."""
-    for name, text in reversed([
-            ("--harmful", "Harmful prompts the search tests on (file or builtin:NAME)."),
-            ("--safe", "Safe-but-scary prompts for the over-refusal guard (file, builtin:NAME, or none)."),
-            ("--benign", "Benign prompts with references for the perplexity / accuracy guards (file, builtin:NAME, or none)."),
-            ("--eval-harmful", "Held-out harmful prompts for the final numbers."),
-            ("--eval-safe", "Held-out safe-but-scary prompts for the final numbers."),
-            ("--eval-benign", "Held-out benign prompts for the final numbers.")]):
-        f = click.option(name, default=None, help=text)(f)
-    return f
-
-
-def _minimise_overrides(o: dict) -> dict:
-    """Command-line options -> config sections (None: leave the config file's value)."""
-    return {
-        "search": {"algorithm": o["algorithm"], "granularity": o["granularity"], "block_size": o["block_size"],
-                   "assume_monotone": o["assume_monotone"], "layers": o["layers"]},
-        "oracle": {"target_dsr": o["target_dsr"], "target_fraction": o["target_fraction"],
-                   "target_confidence": o["target_confidence"],
-                   "max_ppl_increase": o["max_ppl_increase"], "max_accuracy_drop": o["max_accuracy_drop"],
-                   "max_over_refusal_rise": o["max_over_refusal_rise"],
-                   "over_refusal_reference": o["over_refusal_reference"]},
-        "judge": {"kind": o["judge"], "markers": list(o["refusal_markers"]) or None},
-        "generation": {"max_new_tokens": o["max_new_tokens"], "batch_size": o["batch_size"],
-                       "template": o["template"], "device": o["device"], "dtype": o["dtype"]},
-        "data": {k: o[k] for k in ("harmful", "safe", "benign", "eval_harmful", "eval_safe", "eval_benign",
-                                   "column", "limit")},
-    }
-
-
 @cli.command("minimise")
 @click.argument("bundle", type=click.Path(path_type=str, exists=True, dir_okay=False))
 @click.option("--target", required=True, type=click.Path(path_type=str), help="The unaligned model (folder or Hub id) to patch.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str),
               help="Output patch (.safetensors); journal and report go to OUT.run/.")
-@click.option("--config", "config_file", default=None, help="Preset name (e.g. llama2, organism) or TOML file; options win.")
-@click.option("--algorithm", type=click.Choice(["hierarchical", "probdd", "ddmin"]), default=None,
-              help="Search algorithm (default hierarchical: layer -> module -> row block, ProbDD at each level).")
-@click.option("--granularity", default=None, help="Levels, coarse to fine: e.g. layer,module,block.")
-@click.option("--block-size", type=int, default=None, help="Rows per block at the block level (default: 1/8 of a module).")
-@click.option("--layers", default=None, help="Search only these layers of the bundle, e.g. 8-20.")
-@click.option("--assume-monotone/--no-assume-monotone", default=None,
-              help="Treat a superset of a passing set as passing (fewer tests).")
-@click.option("--target-dsr", type=float, default=None, help="Absolute DSR a candidate must reach.")
-@click.option("--target-fraction", type=float, default=None, help="Or: this fraction of the full transplant's DSR.")
-@click.option("--target-confidence", type=float, default=None,
-              help="Ask the DSR's one-sided Wilson lower bound at this level (e.g. 0.9) to reach the target, so "
-                   "that what the search keeps holds on new prompts.")
-@click.option("--max-ppl-increase", type=float, default=None, help="Guard: relative perplexity rise allowed (0.05 = 5%).")
-@click.option("--max-accuracy-drop", type=float, default=None, help="Guard: benign accuracy drop allowed (absolute).")
-@click.option("--max-over-refusal-rise", type=float, default=None, help="Guard: over-refusal rise allowed (absolute).")
-@click.option("--over-refusal-reference", type=click.Choice(["target", "full"]), default=None,
-              help="Count the over-refusal rise from the target's (default) or the full transplant's.")
-@_data_options
-@click.option("--column", default=None, help="Column / field holding the prompt in the data files.")
-@click.option("--limit", type=int, default=None, help="Use only N prompts of each set, evenly spaced over it (sets are often grouped by category).")
-@click.option("--judge", default=None, help="'keyword', or a classifier model folder or Hub id.")
-@click.option("--refusal-marker", "refusal_markers", multiple=True, help="Extra refusal marker (repeatable).")
-@click.option("--max-new-tokens", type=int, default=None, help="Tokens generated per oracle prompt.")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--template", default=None, help="Prompt template with {prompt}, or 'chat'.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
-@click.option("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, float32 on CPU).")
-@click.option("--device-map", default=None, help="accelerate device map for a model larger than one GPU (e.g. auto).")
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP)
+@cli_options("minimise")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal (no test repeated).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output patch and run folder.")
 @click.option("--allow-other-base", is_flag=True, help="Search on a target other than the bundle's unaligned model.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, loaded with weights_only=True.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the checkpoint folder.")
 @click.option("--json", "json_out", default=None, type=click.Path(path_type=str), help="Write the run summary here too.")
-def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, **o) -> None:
+def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, resume: bool, overwrite: bool,
+                 allow_other_base: bool, allow_pickle: bool, trust_remote_code: bool, json_out: str | None,
+                 **given) -> None:
     """Find a minimal subset of BUNDLE whose transplant makes --target pass the oracle."""
-    from ddalign.run.config import load_config, merge, DEFAULTS
     from ddalign.evaluate.distributed import launched_as_main
     from ddalign.run.live import LiveSearchView
     from ddalign.run.minimise import minimise
 
-    config = merge(DEFAULTS, load_config(config_file) if config_file else {}, _minimise_overrides(o))
+    settings = Settings.load(config_file, cli_overrides(given))
     main = launched_as_main()
     view = LiveSearchView(console) if main else None   # under accelerate: one live view, one log
     try:
         with view or _quiet():
-            result = minimise(bundle, target, out, config=config, resume=o["resume"], overwrite=o["overwrite"],
-                              allow_other_base=o["allow_other_base"], allow_pickle=o["allow_pickle"],
-                              trust_remote_code=o["trust_remote_code"], device_map=o["device_map"],
-                              view=view, log=view.message if view else None)
+            summary = minimise(bundle, target, out, config=settings, resume=resume, overwrite=overwrite,
+                               allow_other_base=allow_other_base, allow_pickle=allow_pickle,
+                               trust_remote_code=trust_remote_code, view=view,
+                               log=view.message if view else None)
     except KeyboardInterrupt:
         if main:
             console.print("interrupted: the journal is saved; continue with the same command and --resume")
         raise SystemExit(130)
     if not main:
         return
-    _print_run(result.summary, result.run_dir)
-    if o["json_out"]:
+    _print_run(summary)
+    if json_out:
         from ddalign.io.atomic import write_json_atomic
 
-        write_json_atomic(o["json_out"], result.summary)
+        write_json_atomic(json_out, summary.to_dict())
 
 
 @contextlib.contextmanager
@@ -320,24 +238,22 @@ def _quiet():
             hf_logging.enable_progress_bar()
 
 
-def _print_run(summary: dict, run_dir) -> None:
+def _print_run(summary) -> None:
     from ddalign.run.tables import summary_table
 
     Console().print(summary_table(summary))
-    console.print(f"patch: {summary['patch']}   report: {run_dir}/report.md")
+    console.print(f"patch: {summary.patch}   report: {summary.run_dir}/report.md")
 
 
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(path_type=str, exists=True, file_okay=False))
 def report_cmd(run_dir: str) -> None:
     """(Re)write the report of a minimise run folder (OUT.run/): Markdown, PNG plots, JSON."""
-    import json
-    from pathlib import Path
-
     from ddalign.run.report import write_report
+    from ddalign.run.summary import RunSummary
 
     paths = write_report(run_dir)
-    _print_run(json.loads((Path(run_dir) / "summary.json").read_text()), run_dir)
+    _print_run(RunSummary.load(run_dir))
     console.print(f"written: {paths.markdown}, {paths.trajectory}, {paths.kept_map}, {paths.json}")
 
 
@@ -348,20 +264,19 @@ def report_cmd(run_dir: str) -> None:
               help="Model-organism preset (built once, then cached).")
 @click.option("--sibling", type=click.Choice(["planted", "natural"]), default="planted", show_default=True,
               help="Aligned sibling: planted (alignment in known components: ground truth) or natural.")
-@click.option("--scope", default=None, help="Scope of the extracted bundle (default: the config's search.scope, all).")
-@click.option("--config", "config_file", default=None, help="Preset name or TOML file (default: organism).")
+@click.option("--config", "config_file", default="organism", show_default=True, help=CONFIG_HELP)
+@cli_options("demo")
 @click.option("--overwrite", is_flag=True, help="Replace --out even if it is not a demo folder.")
-def demo_cmd(out: str, preset: str, sibling: str, scope: str | None, config_file: str | None, overwrite: bool) -> None:
+def demo_cmd(out: str, preset: str, sibling: str, config_file: str, overwrite: bool, **given) -> None:
     """The whole flow on the built-in model organism: build, extract, minimise, apply, evaluate."""
-    from ddalign.run.config import load_config, merge, DEFAULTS
     from ddalign.run.demo import run_demo
     from ddalign.run.live import LiveSearchView
     from ddalign.run.tables import comparison_table
 
-    config = merge(DEFAULTS, load_config(config_file or "organism"), {})
+    settings = Settings.load(config_file, cli_overrides(given))
     view = LiveSearchView(console)
     with view:
-        result = run_demo(out, preset=preset, sibling=sibling, scope=scope, config=config, overwrite=overwrite,
+        result = run_demo(out, preset=preset, sibling=sibling, config=settings, overwrite=overwrite,
                           log=view.message, view=view)
     Console().print(comparison_table(result.rows, title="held-out sets: before and after"))
     console.print(f"kept {len(result.kept)} component(s) after {result.tests} oracle tests: {', '.join(result.kept)}")

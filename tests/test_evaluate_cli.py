@@ -49,7 +49,7 @@ def stub_datasets(monkeypatch, tmp_path):
             return [StubPrompt(r[column or "prompt"], r.get("reference")) for r in rows]
         return [StubPrompt(line) for line in path.read_text().splitlines() if line.strip()]
 
-    sets = {"harmful-heldout": [StubPrompt(t) for t in HARMFUL], "safe": [StubPrompt(t) for t in SAFE],
+    sets = {"harmful-heldout": [StubPrompt(t) for t in HARMFUL], "safe-heldout": [StubPrompt(t) for t in SAFE],
             "benign-heldout": [StubPrompt(q, a) for q, a in BENIGN]}
     module.load_prompts = load_prompts
     module.builtin = lambda name: list(sets[name])
@@ -145,7 +145,8 @@ def test_refusal_marker_and_early_stop(model_dir, data_files, stub_datasets, tmp
 
 def test_builtin_sets_limit_and_config_file(model_dir, stub_datasets, tmp_path, capsys):
     config = tmp_path / "eval.toml"
-    config.write_text('[evaluate]\nmax-new-tokens = 3\nbatch_size = 4\nlimit = 2\nrefusal-marker = ["xyzzy"]\n')
+    config.write_text('[generation]\neval_max_new_tokens = 3\nbatch_size = 4\n[data]\neval_limit = 2\n'
+                      '[judge]\nmarkers = ["xyzzy"]\n')
     out = tmp_path / "eval.json"
     code, _, stderr = run(["evaluate", str(model_dir), "--config", str(config), "--batch-size", "1",
                            "--device", "cpu", "--json", str(out)], capsys)
@@ -155,7 +156,8 @@ def test_builtin_sets_limit_and_config_file(model_dir, stub_datasets, tmp_path, 
     assert record["generation"]["max_new_tokens"] == 3            # from the config file
     assert record["generation"]["batch_size"] == 1                # the command line wins
     assert record["data"]["harmful"] == {"source": "builtin:harmful-heldout", "n": 2}
-    assert record["data"]["safe"]["source"] == "builtin:safe" and record["data"]["benign"]["n"] == 2
+    # every default set is held out (the safe one too: the whole safe set holds the training prompts)
+    assert record["data"]["safe"]["source"] == "builtin:safe-heldout" and record["data"]["benign"]["n"] == 2
     assert "xyzzy" in record["judge"]["markers"]
 
 
@@ -164,9 +166,10 @@ def test_user_errors_exit_2_with_one_line(model_dir, stub_datasets, tmp_path, ca
     assert code == 2 and "error:" in stderr and "nowhere" in stderr
     assert len(stderr.strip().splitlines()) == 1
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"max_new_tokens": 4, "colour": "red"}))
+    bad.write_text(json.dumps({"generation": {"eval_max_new_tokens": 4, "colour": "red"}}))
     code, _, stderr = run(["evaluate", str(model_dir), "--config", str(bad)], capsys)
-    assert code == 2 and "colour" in stderr
+    assert code == 2 and "bad.json: unknown key generation.colour" in stderr
+    assert len(stderr.strip().splitlines()) == 1
     code, _, stderr = run(["evaluate", str(model_dir), "--harmful", str(tmp_path / "missing.csv"),
                            "--device", "cpu"], capsys)
     assert code == 2 and "missing.csv" in stderr

@@ -11,7 +11,10 @@ import pytest
 
 from ddalign.architectures import ArchitectureMap, Component
 from ddalign.errors import DdalignError
-from ddalign.run.minimise import MinimiseSettings, RunPaths, RunState, SearchUnits, _run_search
+from ddalign.run.execute import RunState, run_search
+from ddalign.run.plan import RunPaths
+from ddalign.run.units import SearchUnits
+from ddalign.settings import Search, Settings
 from ddalign.search import Verdict, is_one_minimal
 from tests.families import make_checkpoint, read_config, read_shapes
 
@@ -75,18 +78,20 @@ def test_prior_spreads_norms_over_levels(llama_arch):
 
 
 def test_settings_from_config_and_errors():
-    s = MinimiseSettings.from_config({"search": {"granularity": "module,block", "block_size": 32},
-                                      "oracle": {"target_dsr": 0.8, "max_ppl_increase": False}})
-    assert s.granularity == ("module", "block") and s.block_size == 32
-    assert s.oracle["target_dsr"] == 0.8 and "target_fraction" not in s.oracle
-    assert "max_ppl_increase" not in s.oracle                 # false switches a guard off
-    assert s.oracle_config().target_dsr == 0.8
+    s = Settings.from_dict({"search": {"granularity": "module,block", "block_size": 32},
+                            "oracle": {"target_dsr": 0.8, "max_ppl_increase": False}})
+    assert s.search.granularity == ("module", "block") and s.search.block_size == 32
+    assert s.oracle.target_dsr == 0.8 and s.oracle.target_fraction is None
+    assert s.oracle.bound("max_ppl_increase") is None                     # false switches a guard off
+    config = s.oracle_config()
+    assert config.target_dsr == 0.8 and "perplexity" not in config.guards
+    assert config.guards == ["over_refusal", "benign_accuracy"]           # the others keep their defaults
     with pytest.raises(DdalignError, match="search.algorithm"):
-        MinimiseSettings.from_config({"search": {"algorithm": "bisect"}})
+        Settings.from_dict({"search": {"algorithm": "bisect"}})
     with pytest.raises(DdalignError, match="coarse to fine"):
-        MinimiseSettings.from_config({"search": {"granularity": "block,layer"}})
+        Settings.from_dict({"search": {"granularity": "block,layer"}})
     with pytest.raises(DdalignError, match="search.granularity"):
-        MinimiseSettings.from_config({"search": {"granularity": "layer,neuron"}})
+        Settings.from_dict({"search": {"granularity": "layer,neuron"}})
 
 
 def test_run_paths(tmp_path):
@@ -109,8 +114,9 @@ class Record:
 class GroundTruthOracle:
     """PASS iff every needed unit is covered by some candidate component (a monotone oracle)."""
 
-    def __init__(self, arch: ArchitectureMap, needed: list[str], last: dict):
-        self.arch, self.needed, self.last = arch, needed, last
+    def __init__(self, arch: ArchitectureMap, needed: list[str]):
+        self.arch, self.needed = arch, needed
+        self.records: list[Record] = []
         self.asked: list[frozenset] = []
 
     def test_record(self, candidate):
@@ -118,8 +124,9 @@ class GroundTruthOracle:
         assert key not in self.asked, f"tested twice: {sorted(key)}"
         self.asked.append(key)
         ok = all(any(self.arch.covers(c, n) for c in key) for n in self.needed)
-        record = Record(Verdict.PASS if ok else Verdict.FAIL, {"dsr": {"k": int(ok)}}, {"prompts": 1})
-        self.last["record"] = record
+        record = Record(Verdict.PASS if ok else Verdict.FAIL, {"dsr": {"k": int(ok)}, "test": len(self.asked)},
+                        {"prompts": 1})
+        self.records.append(record)
         return record
 
 
@@ -140,10 +147,8 @@ class StubBundle:
 
 
 def _search(settings, units, needed, cache, journal):
-    last: dict = {}
-    oracle = GroundTruthOracle(units.arch, needed, last)
-    result = _run_search(settings, units, oracle, StubBundle(units.components), cache, journal, RunState(),
-                         last, None)
+    oracle = GroundTruthOracle(units.arch, needed)
+    result = run_search(settings, units, oracle, StubBundle(units.components), cache, journal, RunState(), None)
     return result, oracle
 
 
@@ -152,7 +157,7 @@ def test_search_finds_needed_blocks_and_resumes_without_repeating(llama_arch, al
     comps = bundle_components(llama_arch, "all")
     units = SearchUnits(comps, llama_arch, block_size=16)
     needed = ["L2.mlp.gate[16:32]", "L3.attn.o[0:8]", "head"]
-    settings = MinimiseSettings(algorithm=algorithm)
+    settings = Search(algorithm=algorithm)
     journal = ListJournal()
     result, oracle = _search(settings, units, needed, {}, journal)
     kept = units.concrete(result.minimal)
@@ -166,6 +171,9 @@ def test_search_finds_needed_blocks_and_resumes_without_repeating(llama_arch, al
     # one journal line per real oracle call, subsets named by concrete components
     assert len(journal.tests) == len(oracle.asked) == result.tests
     assert all(line["subset"] == sorted(line["subset"]) for line in journal.tests)
+    # each line holds the record of its own test (handed through the search, not a shared slot)
+    assert [line["metrics"] for line in journal.tests] == [r.metrics for r in oracle.records]
+    assert [line["verdict"] for line in journal.tests] == [r.verdict.value for r in oracle.records]
 
     # resume from a journal cut after every k-th line: the replay asks only the missing tests
     for cut in (0, len(journal.tests) // 2, len(journal.tests)):
@@ -174,3 +182,20 @@ def test_search_finds_needed_blocks_and_resumes_without_repeating(llama_arch, al
         assert again.minimal == result.minimal
         assert len(oracle2.asked) == len(journal.tests) - cut
         assert not set(oracle2.asked) & set(cache)
+
+
+def test_run_summary_keeps_the_summary_json_format(tmp_path):
+    from ddalign.run.summary import RunSummary
+
+    # the keys summary.json has (read by the report, the demo, the tables, the model card and the benchmarks)
+    keys = ["bundle", "target", "models", "algorithm", "granularity", "oracle", "architecture", "total_params", "metrics",
+            "kept", "kept_params", "param_share", "full_params", "full_components", "tests",
+            "answered_without_test", "cost", "levels", "data", "heldout_check", "patch", "extents"]
+    summary = RunSummary(kept=["L1.mlp.gate"], kept_params=10, total_params=100, full_params=40, tests=3,
+                         run_dir=tmp_path)
+    assert list(summary.to_dict()) == keys
+    assert summary.full_share == 0.4
+    (tmp_path / "summary.json").write_text(__import__("json").dumps({**summary.to_dict(), "later": 1}))
+    assert RunSummary.load(tmp_path) == summary                     # unknown keys of a later version ignored
+    with pytest.raises(DdalignError, match="no summary.json"):
+        RunSummary.load(tmp_path / "nowhere")

@@ -464,7 +464,7 @@ def test_target_confidence_asks_the_dsr_lower_bound_to_reach_the_target():
 
 
 def test_heldout_check_says_whether_the_patch_generalises():
-    from ddalign.run.minimise import heldout_check, heldout_text
+    from ddalign.run.rule import heldout_check, heldout_text
 
     cfg = OracleConfig(target_fraction=0.9, max_ppl_increase=0.05, max_over_refusal_rise=0.0,
                        over_refusal_reference="full")

@@ -392,13 +392,15 @@ def test_probdd_needs_far_fewer_tests_than_ddmin_on_a_sparse_set():
 def test_on_test_and_progress_hooks(algorithm):
     events, estimates = [], []
     result = run(algorithm, range(20), monotone({4, 13}), assume_monotone=True,
-                 on_test=lambda subset, verdict, cached, level: events.append(
-                     (tuple(subset), verdict, cached, level)),
+                 on_test=lambda subset, verdict, cached, level, outcome: events.append(
+                     (tuple(subset), verdict, cached, level, outcome)),
                  progress=estimates.append)
     assert len(events) == len(result.trace)
     assert [(e[0], e[1], e[2]) for e in events] == [(r.subset, r.verdict, r.cached)
                                                     for r in result.trace]
     assert sum(1 for e in events if not e[2]) == result.tests
+    # a real test hands on what the test returned; an answer without a test has no outcome
+    assert all((e[4] is None) == e[2] and (e[2] or e[4] == e[1]) for e in events)
     assert estimates and all(isinstance(x, int) and x >= 0 for x in estimates)
     assert estimates[-1] == 0
 

@@ -8,13 +8,12 @@ been generated), which changes no verdict.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from ddalign import __version__
 from ddalign.errors import DdalignError
@@ -24,7 +23,7 @@ from ddalign.evaluate.judges import KeywordJudge
 from ddalign.evaluate.metrics import (Perplexity, Rate, benign_accuracy, defense_success_rate,
                                       over_refusal_rate, perplexity_stats)
 
-BUILTIN_SETS = {"harmful": "harmful-heldout", "safe": "safe", "benign": "benign-heldout"}
+BUILTIN_SETS = {"harmful": "harmful-heldout", "safe": "safe-heldout", "benign": "benign-heldout"}
 """The built-in set used for each role when the user names no file (held-out splits)."""
 
 Progress = Callable[[str, int, int], None]      # (stage, done, total)
@@ -257,31 +256,7 @@ def _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match, ppl_
     return record
 
 
-# --- helpers for the CLI: config files and the table -----------------------------------------
-
-def load_options_file(path) -> dict:
-    """Options from a JSON or TOML file: top-level keys, or an `[evaluate]` section; names as on
-    the command line (dashes or underscores)."""
-    file = Path(path)
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise DdalignError(f"{file}: cannot read config ({exc.strerror})") from exc
-    try:
-        if file.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(raw.decode("utf-8"))
-        else:
-            data = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DdalignError(f"{file}: expected a JSON or TOML config ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise DdalignError(f"{file}: expected a mapping of option names to values")
-    if isinstance(data.get("evaluate"), dict):
-        data = data["evaluate"]
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
+# --- the CLI's table ------------------------------------------------------------------------
 
 def metrics_table(record: EvaluationRecord):
     """A rich table: every metric with its count and 95% interval."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ddalign.errors import DdalignError
+from ddalign.settings import Settings, as_settings
 
 MARKER = ".ddalign-demo"
 """A demo folder holds this file, so that a second run may replace the folder and nothing else."""
@@ -69,10 +70,12 @@ def _prepare(folder: Path, overwrite: bool) -> None:
 
 
 def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibling: str = "planted",
-             scope: str | None = None, config: dict | None = None, overwrite: bool = False,
+             scope: str | None = None, config: Settings | dict | None = None, overwrite: bool = False,
              log: Callable[[str], None] | None = None, view=None, progress: bool = True) -> DemoResult:
-    """Build (or load from the cache) the organism, then extract -> minimise -> apply -> evaluate."""
-    from ddalign.run.config import load_config
+    """Build (or load from the cache) the organism, then extract -> minimise -> apply -> evaluate.
+
+    `config`: the run's settings (default: the organism preset); the bundle's scope is `scope`,
+    else the settings' `search.scope`, else all."""
     from ddalign.transfer.extract import extract
     from ddalign.evaluate.runner import evaluate_model
     from ddalign.run.minimise import minimise
@@ -89,8 +92,8 @@ def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibl
     aligned = Path(organism.planted if sibling == "planted" else organism.aligned)
     unaligned = Path(organism.unaligned)
 
-    settings = config if config is not None else load_config("organism")
-    scope = scope or (settings.get("search") or {}).get("scope") or "all"
+    settings = Settings.load("organism") if config is None else as_settings(config)
+    scope = scope or settings.search.scope or "all"
     say(f"2/5 extract: the {sibling} aligned sibling against the unaligned one, scope {scope}")
     bundle = folder / "bundle.safetensors"
     extract(aligned, unaligned, scope=scope, out=bundle)
@@ -104,18 +107,16 @@ def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibl
     apply_to_folder(patch, unaligned, patched_model)
 
     say("5/5 evaluate: the patched checkpoint as saved on disk (held-out sets)")
-    data = result.summary.get("data", {}).get("heldout", {})
+    data = result.data.get("heldout", {})
     record = evaluate_model(str(patched_model), harmful=data.get("harmful") or None,
                             safe=data.get("safe") or "none", benign=data.get("benign") or "none")
     record.save(folder / "patched-model.evaluation.json")
     aligned_record = evaluate_model(str(aligned), harmful=data.get("harmful") or None,
                                     safe=data.get("safe") or "none", benign=data.get("benign") or "none")
-    total = result.total_params
     rows = {
         "unaligned (before)": {"metrics": result.metrics["before"], "param_share": 0.0},
         f"aligned sibling ({sibling})": {"metrics": aligned_record.to_dict()["metrics"], "param_share": None},
-        f"full transplant (scope {scope})": {"metrics": result.metrics["full"],
-                                             "param_share": result.full_params / total if total else None},
+        f"full transplant (scope {scope})": {"metrics": result.metrics["full"], "param_share": result.full_share},
         "minimal patch": {"metrics": result.metrics["minimal"], "param_share": result.param_share},
         "patched checkpoint (ddalign apply)": {"metrics": record.to_dict()["metrics"],
                                                "param_share": result.param_share},

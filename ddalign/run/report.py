@@ -9,7 +9,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ddalign.errors import DdalignError
+from ddalign.io.atomic import write_json_atomic
+from ddalign.run.rule import heldout_text, rule_text
+from ddalign.run.summary import RunSummary
 
 METRICS = (("dsr", "defense success rate", "↑"), ("over_refusal", "over-refusal", "↓"),
            ("perplexity", "perplexity", "↓"), ("benign_accuracy", "benign accuracy", "↑"))
@@ -23,13 +25,10 @@ class ReportPaths:
     json: Path
 
 
-def _load(run_dir: Path) -> tuple[dict, list[dict], dict]:
+def _load(run_dir: Path) -> tuple[RunSummary, list[dict], dict]:
     from ddalign.run.journal import read
 
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        raise DdalignError(f"{run_dir}: no summary.json (is this a finished minimise run folder?)")
-    summary = json.loads(summary_path.read_text())
+    summary = RunSummary.load(run_dir)
     journal = read(run_dir / "journal.jsonl") if (run_dir / "journal.jsonl").exists() else []
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
     return summary, journal, config
@@ -54,29 +53,6 @@ def _number(x) -> str:
     return f"{x:.1f}" if isinstance(x, float) else ("-" if x is None else str(x))
 
 
-def rule_text(config: dict, calibration: dict | None = None) -> str:
-    """An oracle config's pass rule in words (with the counts it fixed, when calibrated)."""
-    if config.get("target_dsr") is not None:
-        text = f"DSR >= {config['target_dsr']:.3f}"
-    else:
-        text = f"DSR >= {100 * config['target_fraction']:g}% of the full transplant's"
-        if calibration:
-            text += f" ({calibration['target_dsr']:.3f})"
-    if calibration:
-        text += f": {calibration['need']} refusals of {calibration['n']} search prompts"
-    if config.get("target_confidence") is not None:
-        text += f", the one-sided {100 * config['target_confidence']:g}% Wilson lower bound reaching the target"
-    guards = []
-    if config.get("max_ppl_increase") is not None:
-        guards.append(f"perplexity +{100 * config['max_ppl_increase']:g}%")
-    if config.get("max_accuracy_drop") is not None:
-        guards.append(f"benign accuracy -{100 * config['max_accuracy_drop']:g} points")
-    if config.get("max_over_refusal_rise") is not None:
-        guards.append(f"over-refusal +{100 * config['max_over_refusal_rise']:g} points"
-                      + (" over the full transplant's" if config.get("over_refusal_reference") == "full" else ""))
-    return text + (f"; guards: {', '.join(guards)}" if guards else "")
-
-
 def oracle_line(oracle: dict) -> str | None:
     """The report's line on the rule the search ran against; None when the summary does not record it."""
     config, cal = oracle.get("config") or {}, oracle.get("calibration") or {}
@@ -93,50 +69,49 @@ def model_text(model: dict) -> str:
     return f"`{model.get('path')}` (local)"
 
 
-def model_lines(summary: dict) -> list[str]:
+def model_lines(summary: RunSummary) -> list[str]:
     """The report's lines on the models of the run: every one given by Hub id, with its commit."""
-    models = summary.get("models") or {}
+    models = summary.models or {}
     if not any((m or {}).get("hub") for m in models.values()):
         return []
     labels = {"aligned": "aligned model", "unaligned": "unaligned model (the bundle's base)", "target": "target"}
     return [f"- {labels.get(role, role)}: {model_text(m)}" for role, m in models.items() if m]
 
 
-def markdown(summary: dict, tests: list[dict]) -> str:
-    total = summary.get("total_params") or 0
+def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
+    summary = RunSummary.coerce(summary)
+    total = summary.total_params or 0
     share = lambda p: "-" if p is None or not total else f"{100 * p / total:.3f}%"
-    metrics = summary.get("metrics", {})
-    rows = [("target before", metrics.get("before"), 0), ("full transplant", metrics.get("full"), summary.get("full_params")),
-            ("minimal patch", metrics.get("minimal"), summary.get("kept_params"))]
+    metrics = summary.metrics
+    rows = [("target before", metrics.get("before"), 0), ("full transplant", metrics.get("full"), summary.full_params),
+            ("minimal patch", metrics.get("minimal"), summary.kept_params)]
     out = ["# ddalign minimise report", "",
-           f"- bundle: `{summary.get('bundle')}`", f"- target: `{summary.get('target')}`",
+           f"- bundle: `{summary.bundle}`", f"- target: `{summary.target}`",
            *model_lines(summary),
-           f"- patch: `{summary.get('patch')}`",
-           f"- search: {summary.get('algorithm')} over {', '.join(summary.get('granularity', []))}; "
-           f"{summary.get('tests')} oracle tests"
-           + (f" ({summary['answered_without_test']} more answered from cache or by inference)"
-              if summary.get("answered_without_test") else ""),
-           *filter(None, [oracle_line(summary.get("oracle") or {})]),
-           f"- kept {len(summary.get('kept', []))} component(s), {summary.get('kept_params', 0):,} parameters "
-           f"= {share(summary.get('kept_params'))} of the model ({total:,})", "",
+           f"- patch: `{summary.patch}`",
+           f"- search: {summary.algorithm} over {', '.join(summary.granularity)}; "
+           f"{summary.tests} oracle tests"
+           + (f" ({summary.answered_without_test} more answered from cache or by inference)"
+              if summary.answered_without_test else ""),
+           *filter(None, [oracle_line(summary.oracle or {})]),
+           f"- kept {len(summary.kept)} component(s), {summary.kept_params:,} parameters "
+           f"= {share(summary.kept_params)} of the model ({total:,})", "",
            "## Held-out metrics (95% Wilson intervals)", "",
            "| model | " + " | ".join(f"{label} {arrow}" for _, label, arrow in METRICS) + " | params changed |",
            "|---|" + "---|" * (len(METRICS) + 1)]
     for label, m, params in rows:
         out.append(f"| {label} | " + " | ".join(_cell(k, (m or {}).get(k)) for k, _, _ in METRICS)
                    + f" | {share(params)} |")
-    heldout = summary.get("heldout_check")
+    heldout = summary.heldout_check
     if heldout:
-        from ddalign.run.minimise import heldout_text
-
         text = heldout_text(heldout)
         out += ["", (text[0].upper() + text[1:]) + "."]
-    data = summary.get("data", {})
+    data = summary.data
     if data:
         out += ["", "Search sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("search", {}).items()),
                 "Held-out sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("heldout", {}).items())]
-    cost = summary.get("cost", {})
-    out += ["", "## Cost", "", f"- oracle calls: {cost.get('oracle_calls', '-')}, real tests: {summary.get('tests')}",
+    cost = summary.cost
+    out += ["", "## Cost", "", f"- oracle calls: {cost.get('oracle_calls', '-')}, real tests: {summary.tests}",
             f"- prompts evaluated: {cost.get('prompts', '-')}, tokens generated: {cost.get('tokens', '-')}, "
             f"seconds in the oracle: {_number(cost.get('seconds'))}"]
     calibration = cost.get("calibration")
@@ -145,14 +120,14 @@ def markdown(summary: dict, tests: list[dict]) -> str:
                    f"{calibration.get('tokens', '-')} tokens, {_number(calibration.get('seconds'))} s")
     passes = sum(1 for t in tests if t.get("verdict") == "PASS")
     out.append(f"- journal: {len(tests)} tests ({passes} PASS, {len(tests) - passes} FAIL)")
-    levels = summary.get("levels", [])
+    levels = summary.levels
     if levels:
         out += ["", "## Levels", "", "| level | units at start | tests | kept | note |", "|---|---|---|---|---|"]
         for lv in levels:
             kept = lv.get("kept", [])
             out.append(f"| {lv['level']} | {lv.get('items', '-')} | {lv.get('tests', '-')} | {len(kept)} | "
                        f"{lv.get('skipped') or ''} |")
-    out += ["", "## Kept components", ""] + [f"- `{c}`" for c in summary.get("kept", [])]
+    out += ["", "## Kept components", ""] + [f"- `{c}`" for c in summary.kept]
     out += ["", "![search trajectory](trajectory.png)", "", "![kept map](kept_map.png)", ""]
     return "\n".join(out)
 
@@ -216,13 +191,14 @@ def _dsr(test: dict) -> float | None:
     return float(rng[0]) if rng else None
 
 
-def kept_grid(summary: dict) -> tuple[list[str], list[list[float]]]:
+def kept_grid(summary: RunSummary | dict) -> tuple[list[str], list[list[float]]]:
     """Rows (modules, then layerless components) x layers: the share of each module's rows kept."""
     from ddalign.architectures import Component
 
-    arch = summary.get("architecture", {})
-    full = [Component.parse(c) for c in summary.get("full_components", summary.get("kept", []))]
-    kept = [Component.parse(c) for c in summary.get("kept", [])]
+    summary = RunSummary.coerce(summary)
+    arch = summary.architecture
+    full = [Component.parse(c) for c in summary.full_components or summary.kept]
+    kept = [Component.parse(c) for c in summary.kept]
     layered = [c.layer for c in full + kept if c.layer is not None]
     layers = max([int(arch.get("num_layers") or 0)] + [x + 1 for x in layered] + [1])
     # rows: the modules of the bundle and of the patch; a group (mlp) gives way to its members
@@ -253,7 +229,7 @@ def kept_grid(summary: dict) -> tuple[list[str], list[list[float]]]:
     return modules + [f"{e} (no layer)" for e in extra], grid
 
 
-def plot_kept_map(summary: dict, path: Path) -> Path:
+def plot_kept_map(summary: RunSummary | dict, path: Path) -> Path:
     """Layer x module map: the share of each module's rows that the patch keeps."""
     plt = _plt()
     rows, grid = kept_grid(summary)
@@ -269,9 +245,8 @@ def plot_kept_map(summary: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _extent(summary: dict, component) -> int | None:
-    extents = summary.get("extents") or {}
-    return extents.get(component.unblocked.name)
+def _extent(summary: RunSummary, component) -> int | None:
+    return (summary.extents or {}).get(component.unblocked.name)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -297,14 +272,12 @@ def write_report(run_dir) -> ReportPaths:
     plot_kept_map(summary, paths.kept_map)
     text = markdown(summary, tests)
     _write_atomic(paths.markdown, text)
-    record = {"summary": summary, "config": config,
+    record = {"summary": summary.to_dict(), "config": config,
               "trajectory": [{"n": i + 1, "level": t.get("level"), "size": len(t.get("subset", [])),
                               "verdict": t.get("verdict"), "dsr": _dsr(t), "cost": t.get("cost")}
                              for i, t in enumerate(tests)],
               "kept_map": dict(zip(("rows", "share"), kept_grid(summary))),
               "files": {"markdown": paths.markdown.name, "trajectory": paths.trajectory.name,
                         "kept_map": paths.kept_map.name}}
-    from ddalign.run.config import save_effective
-
-    save_effective(record, paths.json)
+    write_json_atomic(paths.json, record)
     return paths

@@ -39,20 +39,20 @@ def comparison_table(rows: dict[str, dict], *, title: str | None = None) -> Tabl
     return table
 
 
-def summary_table(summary: dict) -> Table:
-    """The before / full transplant / minimal patch table of a minimise run's summary.json."""
-    total = summary.get("total_params") or 0
-    metrics = summary.get("metrics", {})
+def summary_table(summary) -> Table:
+    """The before / full transplant / minimal patch table of a minimise run (a `RunSummary` or its dict)."""
+    from ddalign.run.summary import RunSummary
+
+    summary = RunSummary.coerce(summary)
+    metrics = summary.metrics
     rows = {
         "target (before)": {"metrics": metrics.get("before"), "param_share": 0.0},
-        "full transplant": {"metrics": metrics.get("full"),
-                            "param_share": summary.get("full_params", 0) / total if total else None},
-        "minimal patch": {"metrics": metrics.get("minimal"), "param_share": summary.get("param_share")},
+        "full transplant": {"metrics": metrics.get("full"), "param_share": summary.full_share},
+        "minimal patch": {"metrics": metrics.get("minimal"), "param_share": summary.param_share},
     }
-    table = comparison_table(rows, title=f"held-out sets: {summary.get('target', '')}")
-    table.caption += (f"; {summary.get('tests', 0)} oracle tests, "
-                      f"{len(summary.get('kept', []))} component(s) kept")
-    hubs = {role: m["hub"] for role, m in (summary.get("models") or {}).items() if (m or {}).get("hub")}
+    table = comparison_table(rows, title=f"held-out sets: {summary.target}")
+    table.caption += f"; {summary.tests} oracle tests, {len(summary.kept)} component(s) kept"
+    hubs = {role: m["hub"] for role, m in (summary.models or {}).items() if (m or {}).get("hub")}
     if hubs:                # models given by Hub id: which commit the run used
         table.caption += "\n" + "; ".join(f"{role} {h['repo_id']}@{str(h.get('commit'))[:12]}"
                                            for role, h in hubs.items())

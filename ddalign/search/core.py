@@ -98,14 +98,19 @@ class SearchResult:
 
 
 Test = Callable[[list], Any]
-OnTest = Callable[[list, Verdict, bool, str], None]
+OnTest = Callable[[list, Verdict, bool, str, Any], None]
+"""on_test(subset, verdict, cached, level, outcome): after every question; `outcome` is what the
+test returned for a real test (a Verdict, or a record with a `.verdict`), None when answered
+without one."""
 Progress = Callable[[int], None]
 Key = Callable[[list], Hashable]
 Prior = Mapping[Hashable, float] | Callable[[Any], float] | None
 
 
 def _verdict(value: Any, where: str) -> Verdict:
-    """Accept Verdict, "PASS"/"FAIL" (journals) or bool (True = PASS)."""
+    """Accept Verdict, "PASS"/"FAIL" (journals), bool (True = PASS), or a record with a `.verdict`."""
+    if hasattr(value, "verdict") and not isinstance(value, (str, bool)):
+        value = value.verdict
     if isinstance(value, Verdict):
         return value
     if isinstance(value, bool):
@@ -168,13 +173,14 @@ class _Session:
         # also holds later answers. Cache first would let a replay diverge wherever an
         # inference disagrees with a later real test (a non-monotone oracle, or another unit
         # set with the same key).
-        verdict, source = None, "cache"
+        verdict, source, outcome = None, "cache", None
         if self.assume_monotone:
             verdict, source = self._infer(mask), "inferred"
         if verdict is None:
             verdict, source = self.cache.get(key), "cache"
         if verdict is None:
-            verdict = _verdict(self.test(list(subset)), f"test({len(subset)} items)")
+            outcome = self.test(list(subset))
+            verdict = _verdict(outcome, f"test({len(subset)} items)")
             source = "oracle"
             self.tests += 1
             self.cache[key] = verdict
@@ -182,7 +188,7 @@ class _Session:
             self._learn(mask, verdict)
         self.trace.append(TestRecord(len(self.trace), level, tuple(subset), verdict, source, key))
         if self.on_test is not None:
-            self.on_test(subset, verdict, source != "oracle", level)
+            self.on_test(subset, verdict, source != "oracle", level, outcome)
         return verdict
 
     def estimate(self, remaining: float) -> None:
