@@ -373,11 +373,11 @@ def test_minimise_by_id_records_commits_and_writes_the_card(fast_organism, hf_ca
               "generation": {"max_new_tokens": 8},
               "oracle": {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5,
                          "target_confidence": 0.8}}
-    from ddalign.run.config import DEFAULTS, load_config, merge
+    from ddalign.settings import Settings
 
     result = minimise(tmp_path / "b.safetensors", "org/unaligned", tmp_path / "p.safetensors",
-                      config=merge(DEFAULTS, load_config("organism"), config))
-    models = result.summary["models"]
+                      config=Settings.load("organism", config))
+    models = result.models
     assert models["target"]["hub"]["commit"] == models["unaligned"]["hub"]["commit"] == commits["org/unaligned"]
     assert models["aligned"]["hub"]["commit"] == commits["org/planted"]
     patch = Patch.load(result.patch)

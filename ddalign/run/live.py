@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from ddalign.run.minimise import RunState
+    from ddalign.run.execute import RunState
 
 
 def _eta(state: "RunState") -> str:

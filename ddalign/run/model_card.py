@@ -40,7 +40,8 @@ def _hub_ids(summary: dict) -> list[str]:
 
 def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False) -> str:
     """The README.md of a published patch."""
-    from ddalign.run.report import METRICS, _cell, model_text, rule_text
+    from ddalign.run.report import METRICS, _cell, model_text
+    from ddalign.run.rule import rule_text
 
     name = repo_id or "ORG/NAME"
     front = ["---", "library_name: ddalign", "tags:", *(f"- {t}" for t in TAGS)]
@@ -88,7 +89,7 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     check = summary.get("heldout_check")
     if check:
-        from ddalign.run.minimise import heldout_text
+        from ddalign.run.rule import heldout_text
 
         text = heldout_text(check)
         out += ["", text[0].upper() + text[1:] + "."]
