@@ -90,6 +90,22 @@ def apply_cmd(patch: str, target: str, out: str, components: str | None, max_sha
                       f"patch's unaligned model (--allow-other-base)")
     console.print(f"patched {report.tensors_patched} tensors ({len(report.components)} components) -> {report.out}")
 
+
+@cli.command("convert")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output Hugging Face folder.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="dtype of the dequantised weights.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def convert_cmd(model: str, out: str, dtype: str, overwrite: bool) -> None:
+    """Convert the GGUF file MODEL to a Hugging Face folder (safetensors, config, tokenizer, chat template)."""
+    from ddalign.io.gguf import convert_gguf
+
+    report = convert_gguf(model, out, dtype=dtype, overwrite=overwrite)
+    console.print(f"converted {report.architecture} ({report.layers} layers, {report.parameters:,} parameters, "
+                  f"{report.dtype}{', tied embeddings' if report.tied_embeddings else ''}"
+                  f"{', chat template' if report.chat_template else ''}) -> {report.out}")
+
 # --- evaluate ---------------------------------------------------------------------------------
 
 @cli.command("evaluate")
