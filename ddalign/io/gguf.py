@@ -8,6 +8,7 @@ there into a temporary folder beside the output, synced and renamed into place.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
@@ -114,7 +115,7 @@ def convert_gguf(path, out, *, dtype: str = "float32", overwrite: bool = False) 
 
 def _convert_into(path: Path, folder: Path, dtype: str, architecture: str) -> ConvertReport:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     torch_dtype = getattr(torch, dtype)
@@ -123,20 +124,22 @@ def _convert_into(path: Path, folder: Path, dtype: str, architecture: str) -> Co
     hf_logging.set_verbosity_error()            # transformers' GGUF reader logs every unparsed key
     try:
         try:
-            config = AutoConfig.from_pretrained(where, gguf_file=name)
             loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch_dtype)
         except (ValueError, KeyError, OSError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DdalignError(f"{path}: transformers could not load this GGUF model ({architecture}): {reason}") from None
         # A folder of dequantised weights: nothing of the GGUF quantisation belongs in its config.
+        config = copy.deepcopy(loaded.config)
         for key in ("quantization_config", "_model_name_or_path"):
             if hasattr(config, key):
                 delattr(config, key)
         config.dtype = torch_dtype
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        # Built on the meta device (no random initialisation to pay for), then given the loaded tensors.
+        with torch.device("meta"):
+            fresh = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
         state = loaded.state_dict()
         del loaded
-        result = fresh.load_state_dict(state, strict=False)
+        result = fresh.load_state_dict(state, strict=False, assign=True)
         tied = bool(getattr(fresh.config, "tie_word_embeddings", False))
         # a tied head is the embedding: transformers' GGUF load lists it, or not, either way
         missing = [k for k in result.missing_keys if not (tied and k.endswith("lm_head.weight"))]
@@ -145,6 +148,9 @@ def _convert_into(path: Path, folder: Path, dtype: str, architecture: str) -> Co
                                f"(missing: {missing[:3]}, unexpected: {result.unexpected_keys[:3]})")
         del state
         fresh.tie_weights()
+        empty = [k for k, t in fresh.state_dict().items() if t.is_meta]
+        if empty:
+            raise DdalignError(f"{path}: the GGUF file holds no value for {empty[0]} ({len(empty)} tensors unset)")
         fresh.save_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
         tokenizer.save_pretrained(folder)
