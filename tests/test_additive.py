@@ -219,3 +219,23 @@ def test_oracle_calibration_and_evaluation_use_the_patch_mode(tmp_path):
     plain = evaluate_model(model, tokenizer=tok, **kw).samples
     assert in_memory == on_disk
     assert in_memory != plain                                # the deltas change what the model says
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_minimise_searches_an_additive_bundle(fast_organism, tmp_path):
+    """minimise takes an additive bundle as it is (base -> planted sibling's deltas, added to the
+    unaligned sibling) and writes an additive minimal patch that defends on held-out prompts."""
+    from ddalign.run.minimise import minimise
+
+    bundle = extract(fast_organism.planted, fast_organism.unaligned, base=fast_organism.base,
+                     scope="mlp.gate,mlp.up", out=tmp_path / "bundle.safetensors")
+    config = {"search": {"granularity": "layer,module"}, "data": {"limit": 48}, "generation": {"max_new_tokens": 16},
+              "oracle": {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5}}
+    result = minimise(bundle.path, fast_organism.unaligned, tmp_path / "patch.safetensors", config=config,
+                      report=False)
+    patch = Patch.load(result.patch)
+    assert patch.mode == "add" and patch.manifest["base"] == bundle.manifest["base"]
+    assert patch.components() and set(patch.components()) < set(bundle.components())
+    metrics = result.summary["metrics"]
+    assert metrics["minimal"]["dsr"]["value"] >= metrics["before"]["dsr"]["value"] + 0.3
