@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,8 @@ def test_convert_round_trip_equals_the_written_weights(tiny_gguf, tmp_path):
         stored = set(f.keys())
     assert "lm_head.weight" not in stored and "model.embed_tokens.weight" in stored    # tied: one copy on disk
     config = json.loads((out / "config.json").read_text())
-    assert "quantization_config" not in config and config["tie_word_embeddings"] is True
+    assert "quantization_config" not in config and "_model_name_or_path" not in config
+    assert config["tie_word_embeddings"] is True
     assert config["num_hidden_layers"] == LAYERS and config["dtype"] == "float32"
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 2
@@ -134,6 +136,10 @@ def test_convert_round_trip_equals_the_written_weights(tiny_gguf, tmp_path):
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]             # no temporary left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask                              # not mkdtemp's 0700
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_untied_head_is_written(tmp_path):
@@ -178,6 +184,9 @@ def test_not_a_gguf_file(tmp_path):
     with pytest.raises(DdalignError, match=r"model\.gguf: not a GGUF file"):
         convert_gguf(bogus, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    bogus.write_bytes(b"GGUF\x03\x00\x00\x00\x01")
+    with pytest.raises(DdalignError, match=r"model\.gguf: truncated GGUF header"):
+        convert_gguf(bogus, tmp_path / "out")
     with pytest.raises(DdalignError, match="no such GGUF file"):
         convert_gguf(tmp_path / "missing.gguf", tmp_path / "out")
 
