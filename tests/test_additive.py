@@ -37,7 +37,7 @@ def _variant(parent, out, *, seed: int, scale: float = 1e-3):
 def family(tmp_path, request):
     """(parent P, aligned A = P + noise, unaligned U = P + other noise, a second fine-tune U2)."""
     p = make_tiny_llama(tmp_path / "p", seed=0, layers=3, dtype=request.param)
-    return p, _variant(p, tmp_path / "a", seed=1), _variant(p, tmp_path / "u", seed=2), _variant(p, tmp_path / "u2", seed=3)
+    return tuple([p] + [_variant(p, tmp_path / name, seed=seed) for name, seed in (("a", 1), ("u", 2), ("u2", 3))])
 
 
 def _added(target: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -176,7 +176,8 @@ def test_cli_extract_base_and_apply(tmp_path, capsys):
     want = _added(Checkpoint.open(u).get(GATE1), Checkpoint.open(a).get(GATE1) - Checkpoint.open(p).get(GATE1))
     for out in ("out", "out2"):
         assert torch.equal(Checkpoint.open(tmp_path / out).get(GATE1), want)
-    main(["extract", "--aligned", str(a), "--unaligned", str(u), "--scope", "mlp.gate", "-o", str(tmp_path / "t.safetensors")])
+    main(["extract", "--aligned", str(a), "--unaligned", str(u), "--scope", "mlp.gate",
+          "-o", str(tmp_path / "t.safetensors")])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["apply", str(tmp_path / "t.safetensors"), "--to", str(u), "-o", str(tmp_path / "bad"), "--mode", "add"])
@@ -203,7 +204,8 @@ def test_oracle_calibration_and_evaluation_use_the_patch_mode(tmp_path):
     bundle = extract(a, u, base=p, scope="mlp", out=tmp_path / "b.safetensors")
     model, tok = load_model(u, device="cpu", dtype="float32")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    oracle = Oracle(model, tok, bundle, PROMPTS[:4], config=OracleConfig(target_dsr=0.5, batch_size=4, max_new_tokens=4))
+    config = OracleConfig(target_dsr=0.5, batch_size=4, max_new_tokens=4)
+    oracle = Oracle(model, tok, bundle, PROMPTS[:4], config=config)
     oracle.calibrate()                                       # leaves the full bundle applied
     ca, cp, state = Checkpoint.open(a), Checkpoint.open(p), model.state_dict()
     for t in bundle.tensors():

@@ -162,7 +162,8 @@ def _convert_into(path: Path, folder: Path, dtype: str, architecture: str) -> Co
             loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch_dtype)
         except (ValueError, KeyError, OSError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DdalignError(f"{path}: transformers could not load this GGUF model ({architecture}): {reason}") from None
+            raise DdalignError(f"{path}: transformers could not load this GGUF model "
+                               f"({architecture}): {reason}") from None
         # A folder of dequantised weights: nothing of the GGUF quantisation belongs in its config.
         config = copy.deepcopy(loaded.config)
         for key in ("quantization_config", "_model_name_or_path"):
