@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "Patch", "apply_patch", "patched", "extract", "apply_to_folder"]
+__all__ = ["__version__", "Patch", "apply_patch", "patched", "extract", "apply_to_folder", "convert_gguf"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from ddalign.transfer.extract import extract
 
         return extract
+    if name == "convert_gguf":
+        from ddalign.io.gguf import convert_gguf
+
+        return convert_gguf
     raise AttributeError(f"module 'ddalign' has no attribute {name!r}")

@@ -30,6 +30,9 @@ def cli() -> None:
 @cli.command("extract")
 @click.option("--aligned", required=True, type=click.Path(path_type=str), help="The aligned model (folder or Hub id).")
 @click.option("--unaligned", required=True, type=click.Path(path_type=str), help="The unaligned sibling (same base).")
+@click.option("--base", default=None, type=click.Path(path_type=str),
+              help="The pair's common parent P: write an additive bundle of A - P deltas (mode add) instead of "
+                   "the aligned values (a transplant).")
 @click.option("--scope", default="mlp.gate", show_default=True,
               help="mlp.gate, mlp, attn, all, a module name, or component patterns (L*.mlp.gate,L*.attn.o).")
 @click.option("--layers", default=None, help="Layer range, e.g. 8-20 or 3,5-7.")
@@ -37,8 +40,8 @@ def cli() -> None:
 @click.option("--plot", default=None, type=click.Path(path_type=str), help="Layer x module heatmap of the relative delta (PNG).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
-def extract_cmd(aligned: str, unaligned: str, scope: str, layers: str | None, out: str, plot: str | None,
-                overwrite: bool, allow_pickle: bool) -> None:
+def extract_cmd(aligned: str, unaligned: str, base: str | None, scope: str, layers: str | None, out: str,
+                plot: str | None, overwrite: bool, allow_pickle: bool) -> None:
     """Write the alignment delta bundle of ALIGNED over UNALIGNED (streamed, tensor by tensor)."""
     from pathlib import Path
 
@@ -51,12 +54,13 @@ def extract_cmd(aligned: str, unaligned: str, scope: str, layers: str | None, ou
     with Progress("extract", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("extract", total=None)
-        bundle = extract(aligned, unaligned, scope=scope, layers=layers, out=out, allow_pickle=allow_pickle,
+        bundle = extract(aligned, unaligned, base=base, scope=scope, layers=layers, out=out, allow_pickle=allow_pickle,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
     Console().print(_layer_stats_table(layer_table(bundle), bundle))
     if plot:
         console.print(f"heatmap: {plot_heatmap(bundle, plot)}")
-    console.print(f"bundle: {out} ({len(bundle.components())} components, {bundle.params():,} parameters)")
+    console.print(f"bundle: {out} ({len(bundle.components())} components, {bundle.params():,} parameters, "
+                  f"mode {bundle.mode})")
 
 
 def _layer_stats_table(rows: list[dict], bundle):
@@ -79,22 +83,42 @@ def _layer_stats_table(rows: list[dict], bundle):
 @click.option("--to", "target", required=True, type=click.Path(path_type=str), help="Checkpoint (folder or Hub id) to patch.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output checkpoint folder.")
 @click.option("--components", default=None, help="Apply only these components (comma-separated patterns or blocks).")
+@click.option("--mode", type=click.Choice(["transplant", "add"]), default=None,
+              help="transplant (replace the target's values) or add (add the A - P deltas); default: the patch's "
+                   "own mode, which a given --mode must match.")
 @click.option("--max-shard-size", default="5GB", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--allow-other-base", is_flag=True,
               help="Apply to a checkpoint other than the unaligned model the patch was made from.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
-def apply_cmd(patch: str, target: str, out: str, components: str | None, max_shard_size: str, overwrite: bool,
-              allow_other_base: bool, allow_pickle: bool) -> None:
+def apply_cmd(patch: str, target: str, out: str, components: str | None, mode: str | None, max_shard_size: str,
+              overwrite: bool, allow_other_base: bool, allow_pickle: bool) -> None:
     """Write TARGET with PATCH applied to OUT; every other tensor byte-identical."""
     from ddalign.transfer.apply import apply_to_folder
 
     report = apply_to_folder(patch, target, out, components=components, allow_other_base=allow_other_base,
-                             overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle)
+                             overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle, mode=mode)
     if report.differing_base:
         console.print(f"note: {len(report.differing_base)} of {report.checked} patched tensors differed from the "
                       f"patch's unaligned model (--allow-other-base)")
-    console.print(f"patched {report.tensors_patched} tensors ({len(report.components)} components) -> {report.out}")
+    console.print(f"patched {report.tensors_patched} tensors ({len(report.components)} components, mode "
+                  f"{report.mode}) -> {report.out}")
+
+
+@cli.command("convert")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output Hugging Face folder.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="dtype of the dequantised weights.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+def convert_cmd(model: str, out: str, dtype: str, overwrite: bool) -> None:
+    """Convert the GGUF file MODEL to a Hugging Face folder (safetensors, config, tokenizer, chat template)."""
+    from ddalign.io.gguf import convert_gguf
+
+    report = convert_gguf(model, out, dtype=dtype, overwrite=overwrite)
+    console.print(f"converted {report.architecture} ({report.layers} layers, {report.parameters:,} parameters, "
+                  f"{report.dtype}{', tied embeddings' if report.tied_embeddings else ''}"
+                  f"{', chat template' if report.chat_template else ''}) -> {report.out}")
 
 # --- evaluate ---------------------------------------------------------------------------------
 

@@ -145,6 +145,13 @@ class Patch:
     def params(self) -> int:
         return sum(e.values.numel() for e in self.entries)
 
+    @property
+    def mode(self) -> str:
+        """"transplant" (aligned values replace the target's) or "add" (A - P deltas added to it)."""
+        from ddalign.transfer.modes import patch_mode
+
+        return patch_mode(self.manifest, self.path or "patch")
+
     # --- restriction -------------------------------------------------------------------------
     def restrict(self, components: Iterable[str]) -> "Patch":
         """A patch holding only `components`: stored ones, or sub-blocks of stored ones (sliced out)."""

@@ -15,6 +15,7 @@ from ddalign.architectures import ArchitectureMap, Component, TensorSlice
 from ddalign.errors import DdalignError
 from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_checkpoint, write_safetensors
 from ddalign.io.patch import Patch, PatchEntry, select_components, _sub
+from ddalign.transfer.modes import TRANSPLANT, resolve_mode, write_entries, write_entry
 
 
 # --- a loaded model ---------------------------------------------------------------------------
@@ -64,19 +65,17 @@ def _check_shape(param: torch.Tensor, entry: PatchEntry) -> None:
                            f"the model's slice is {list(expected)}")
 
 
-@torch.no_grad()
-def _write(param: torch.Tensor, entry: PatchEntry) -> None:
-    entry.slice.take(param.data).copy_(entry.values.to(device=param.device, dtype=param.dtype))
-
-
-def apply_patch(model, patch: Patch) -> None:
-    """Apply `patch` to a loaded transformers model, for good."""
+def apply_patch(model, patch: Patch, *, mode: str | None = None) -> None:
+    """Apply `patch` to a loaded transformers model, for good (in the patch's mode; `mode` must agree)."""
+    mode = resolve_mode(patch, mode)
     table = _param_table(model)
+    by_tensor: dict[str, list[PatchEntry]] = {}
     for e in patch.entries:
         param = _find_param(table, e.slice.tensor)
         _check_shape(param, e)
-    for e in patch.entries:
-        _write(_find_param(table, e.slice.tensor), e)
+        by_tensor.setdefault(e.slice.tensor, []).append(e)
+    for name, entries in by_tensor.items():
+        write_entries(_find_param(table, name).data, entries, mode)
 
 
 class InPlacePatcher:
@@ -87,8 +86,9 @@ class InPlacePatcher:
     that touch them, so overlapping components (a module and its blocks) stay exact.
     """
 
-    def __init__(self, model, patch: Patch):
+    def __init__(self, model, patch: Patch, *, mode: str | None = None):
         self.model, self.patch = model, patch
+        self.mode = resolve_mode(patch, mode)        # additive entries are summed over the kept originals
         self.table = _param_table(model)
         self.originals: dict[str, torch.Tensor] = {}
         self.active: frozenset[str] = frozenset()
@@ -123,7 +123,8 @@ class InPlacePatcher:
             for comp in sorted(target):
                 for e in self.entries(comp):
                     if e.slice.tensor in tensors:
-                        _write(_find_param(self.table, e.slice.tensor), e)
+                        param = _find_param(self.table, e.slice.tensor)
+                        write_entry(param.data, e, self.mode, self.originals[e.slice.tensor])
         self.active = target
         return len(tensors)
 
@@ -137,9 +138,9 @@ class InPlacePatcher:
 
 
 @contextmanager
-def patched(model, patch: Patch) -> Iterator:
+def patched(model, patch: Patch, *, mode: str | None = None) -> Iterator:
     """`with patched(model, patch): ...` applies the patch and restores the exact originals on exit."""
-    patcher = InPlacePatcher(model, patch)
+    patcher = InPlacePatcher(model, patch, mode=mode)
     try:
         patcher.set_active(patch.components())
         yield model
@@ -156,6 +157,7 @@ class ApplyReport:
     tensors_patched: int
     differing_base: list[str]
     checked: int
+    mode: str = TRANSPLANT
 
 
 def base_mismatches(patch: Patch, target, *, allow_pickle: bool = False,
@@ -182,7 +184,7 @@ def check_compatible(patch: Patch, ck: Checkpoint) -> None:
 
 def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, allow_other_base: bool = False,
                     overwrite: bool = False, max_shard_size: str | int = "5GB",
-                    allow_pickle: bool = False) -> ApplyReport:
+                    allow_pickle: bool = False, mode: str | None = None) -> ApplyReport:
     """Write `target` with the patch applied to `out`, tensor by tensor; every other tensor byte-identical."""
     if not isinstance(patch, Patch):
         patch = Patch.load(patch)
@@ -191,6 +193,7 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
         raise DdalignError(f"{out}: output folder exists; pass --overwrite to replace it")
     if out.resolve() == Path(target).resolve():
         raise DdalignError(f"{out}: the output would replace the input checkpoint")
+    mode = resolve_mode(patch, mode)
     chosen = select_components(patch, components)
     if chosen != patch.components():
         patch = patch.restrict(chosen)
@@ -214,11 +217,11 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
         if name not in by_tensor:
             return ck.source(name)
         tensor = ck.get(name, into=buffer)
+        write_entries(tensor, by_tensor[name], mode)
         for e in by_tensor[name]:
-            e.slice.take(tensor).copy_(e.values.to(tensor.dtype))
             e.release()
         return tensor
 
     specs = [TensorSpec(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names()]
     write_checkpoint(out, specs, produce, copy_from=ck.path, max_shard_size=max_shard_size, overwrite=overwrite)
-    return ApplyReport(out, patch.components(), len(by_tensor), differing, checked)
+    return ApplyReport(out, patch.components(), len(by_tensor), differing, checked, mode)

@@ -1,8 +1,9 @@
 """extract: the alignment delta bundle of an aligned/unaligned pair, streamed slice by slice.
 
-The bundle stores the aligned values of every component in scope (what a transplant writes)
-and, per component, how far aligned and unaligned differ: the search's prior and the user's
-first look at where alignment lives.
+The bundle stores the aligned values of every component in scope (what a transplant writes) or,
+given the pair's common parent P (`base`), the aligned sibling's change from it, A - P (what an
+additive patch adds), and, per component, how far aligned and unaligned differ: the search's
+prior and the user's first look at where alignment lives.
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import torch
 
 from ddalign import __version__
 from ddalign.architectures import ArchitectureMap, format_layers, parse_layers
-from ddalign.io.checkpoint import Checkpoint, TensorSpec, write_safetensors
+from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_safetensors
 from ddalign.errors import DdalignError
 from ddalign.io.patch import FORMAT, META_KEY, Patch, _keys
+from ddalign.transfer.modes import ADD, DELTA_DTYPE, TRANSPLANT
 
 Progress = Callable[[int, int], None]     # (done, total) components
 STATS_CHUNK = 1 << 22                     # elements per float32 statistics step (16 MB temporaries)
@@ -33,6 +35,12 @@ class _Stats:
     a2: float = 0.0
     dot: float = 0.0
     params: int = 0
+    added2: float | None = None           # ||A - P||^2 of an additive bundle
+
+    def add_delta(self, d: torch.Tensor) -> None:
+        d = d.reshape(-1)
+        self.added2 = (self.added2 or 0.0) + sum(float(torch.dot(d[i:i + STATS_CHUNK], d[i:i + STATS_CHUNK]))
+                                                 for i in range(0, d.numel(), STATS_CHUNK))
 
     def add(self, a: torch.Tensor, u: torch.Tensor, scratch: "Scratch") -> None:
         # float32 dot products (BLAS) in fixed chunks, summed in Python floats: the difference is
@@ -56,7 +64,8 @@ class _Stats:
     def as_dict(self) -> dict:
         norm_u, norm_a = math.sqrt(self.u2), math.sqrt(self.a2)
         delta = math.sqrt(self.diff2)
-        return {"params": self.params, "delta_norm": delta,
+        added = {} if self.added2 is None else {"added_norm": math.sqrt(self.added2)}
+        return {"params": self.params, "delta_norm": delta, **added,
                 "rel_delta": delta / norm_u if norm_u else (0.0 if delta == 0 else math.inf),
                 "cosine": self.dot / (norm_a * norm_u) if norm_a and norm_u else (1.0 if delta == 0 else 0.0)}
 
@@ -82,11 +91,20 @@ def check_pair(a: Checkpoint, u: Checkpoint) -> None:
 
 
 def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, progress: Progress | None = None,
-            allow_pickle: bool = False) -> Patch:
-    """Write the delta bundle of `aligned` over `unaligned` to `out` and return it (a Patch)."""
+            allow_pickle: bool = False, base=None) -> Patch:
+    """Write the delta bundle of `aligned` over `unaligned` to `out` and return it (a Patch).
+
+    With `base` (the pair's common parent P) the bundle is additive (manifest mode "add"): it
+    stores A - P in float32, so that a small fine-tuning delta of a bf16 model keeps every bit
+    (the difference of two bf16 values is exact in float32) and adding it back to P gives A
+    exactly; the statistics stay those of A against the unaligned model.
+    """
     a = Checkpoint.open(aligned, allow_pickle=allow_pickle)
     u = Checkpoint.open(unaligned, allow_pickle=allow_pickle)
     check_pair(a, u)
+    p = Checkpoint.open(base, allow_pickle=allow_pickle) if base is not None else None
+    if p is not None:
+        check_pair(a, p)
     arch = ArchitectureMap.from_checkpoint(a).with_scope(scope)
     layer_list = parse_layers(layers, arch.num_layers)
     components = [str(c) for c in arch.components(scope, layer_list)]
@@ -96,7 +114,8 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     specs, plan = [], {}
     for comp in components:
         for key, s in zip(_keys(comp, slices[comp]), slices[comp]):
-            spec = TensorSpec(key, s.shape(a.info(s.tensor).shape), a.info(s.tensor).dtype)
+            dtype = dtype_code(DELTA_DTYPE) if p is not None else a.info(s.tensor).dtype
+            spec = TensorSpec(key, s.shape(a.info(s.tensor).shape), dtype)
             specs.append(spec)
             plan[key] = (comp, s)
     stats = {c: _Stats() for c in components}
@@ -106,8 +125,10 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     # is read, and cut into the bundle's slices. The header is written first with placeholder
     # fingerprints of the same length, completed when the last tensor is through.
     prints = {"aligned": dict.fromkeys(tensors, PENDING), "unaligned": dict.fromkeys(tensors, PENDING)}
+    if p is not None:
+        prints["base"] = dict.fromkeys(tensors, PENDING)
     manifest = {
-        "format": FORMAT, "kind": "bundle", "tool_version": __version__,
+        "format": FORMAT, "kind": "bundle", "tool_version": __version__, "mode": ADD if p is not None else TRANSPLANT,
         "architecture": {**arch.describe(), "config": a.config,
                          "shapes": {n: list(s) for n, s in a.shapes().items()}},
         "scope": scope, "layers": format_layers(layer_list), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
@@ -115,41 +136,53 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         "unaligned": {"path": str(unaligned), **_hub(u), "fingerprints": prints["unaligned"]},
         "components": {c: {"slices": [s.as_list() for s in slices[c]]} for c in components},
     }
+    if p is not None:
+        manifest["base"] = {"path": str(base), **_hub(p), "fingerprints": prints["base"]}
+        manifest["values_dtype"] = dtype_code(DELTA_DTYPE)
     done: set[str] = set()
     counts = {c: len(slices[c]) for c in components}
-    current: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}   # the one tensor pair in memory
-    # Two threads read (and hash) the aligned and unaligned tensor side by side, into two buffers
+    current: dict[str, tuple[torch.Tensor, ...]] = {}   # the one tensor pair (or triple) in memory
+    # Two threads (three with a base) read and hash the aligned and unaligned tensor side by side, into buffers
     # reused for every tensor; one more thread sums the statistics of a slice while the writer
     # writes it. Reading the next pair waits for those sums (and the writer has written the slice
     # before it asks for the next), so the buffers are free; the sums run in order, reproducibly.
-    readers = ThreadPoolExecutor(2, thread_name_prefix="ddalign-read")
+    readers = ThreadPoolExecutor(2 if p is None else 3, thread_name_prefix="ddalign-read")
     summer = ThreadPoolExecutor(1, thread_name_prefix="ddalign-stats")
     pending: list[Future] = []
     scratch = Scratch(min(STATS_CHUNK, max(math.prod(spec.shape) for spec in specs)))
     largest = max(a.info(t).nbytes for t in tensors)
-    buffers = (torch.empty(largest, dtype=torch.uint8), torch.empty(largest, dtype=torch.uint8))
+    buffers = tuple(torch.empty(largest, dtype=torch.uint8) for _ in range(2 if p is None else 3))
 
     def settle() -> None:
         for job in pending:
             job.result()
         pending.clear()
 
-    def pair(tensor: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(tensor: str) -> tuple[torch.Tensor, ...]:
+        """(aligned, unaligned[, base]) values of one tensor, read side by side."""
         if tensor not in current:
             settle()
             current.clear()
-            ja = readers.submit(a.get_fingerprinted, tensor, buffers[0])
-            ju = readers.submit(u.get_fingerprinted, tensor, buffers[1])
-            (va, fa), (vu, fu) = ja.result(), ju.result()
-            prints["aligned"][tensor], prints["unaligned"][tensor] = fa, fu
-            current[tensor] = (va, vu)
+            models = (("aligned", a), ("unaligned", u)) + ((("base", p),) if p is not None else ())
+            jobs = [readers.submit(ck.get_fingerprinted, tensor, buf) for (_, ck), buf in zip(models, buffers)]
+            values = []
+            for (role, _), job in zip(models, jobs):
+                v, prints[role][tensor] = job.result()
+                values.append(v)
+            current[tensor] = tuple(values)
         return current[tensor]
 
     def produce(key: str) -> torch.Tensor:
         comp, s = plan[key]
-        va, vu = (s.take(t) for t in pair(s.tensor))
-        if s.tensor not in arch.tied_copies:       # a stored copy of a tied tensor: written, counted once
+        va, vu, *vp = (s.take(t) for t in pair(s.tensor))
+        counted = s.tensor not in arch.tied_copies       # a stored copy of a tied tensor: written, counted once
+        if counted:
             pending.append(summer.submit(stats[comp].add, va, vu, scratch))
+        if vp:
+            # A - P in float32 (a new tensor: the read buffers are reused for the next tensor)
+            va = torch.sub(va.to(DELTA_DTYPE), vp[0].to(DELTA_DTYPE))
+            if counted:
+                pending.append(summer.submit(stats[comp].add_delta, va))
         counts[comp] -= 1
         if counts[comp] == 0:
             done.add(comp)
@@ -164,7 +197,7 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
             manifest["components"][c].update(stats[c].as_dict())
         return {META_KEY: _dumps(manifest)}
 
-    reserve = 160 * len(components) + 256
+    reserve = (160 if p is None else 200) * len(components) + 256       # the statistics, filled in at the end
     try:
         write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
                           reserve=reserve)
@@ -173,6 +206,8 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         summer.shutdown(cancel_futures=True)
         a.close()
         u.close()
+        if p is not None:
+            p.close()
     return Patch.load(out)
 
 
