@@ -29,25 +29,28 @@ def cli() -> None:
 @click.option("--layers", default=None, help="Layer range, e.g. 8-20 or 3,5-7.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Bundle file (.safetensors).")
 @click.option("--plot", default=None, type=click.Path(path_type=str), help="Layer x module heatmap of the relative delta (PNG).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle file (a ddalign patch or bundle).")
+@click.option("--overwrite-any", is_flag=True, help="Replace the output even if it is not a ddalign file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
 def extract_cmd(aligned: str, unaligned: str, scope: str, layers: str | None, out: str, plot: str | None,
-                overwrite: bool, allow_pickle: bool) -> None:
+                overwrite: bool, overwrite_any: bool, allow_pickle: bool) -> None:
     """Write the alignment delta bundle of ALIGNED over UNALIGNED (streamed, tensor by tensor)."""
-    from pathlib import Path
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from ddalign.io.outputs import check_file_target, check_not_input, check_output
     from ddalign.transfer.extract import extract, layer_table, plot_heatmap
 
-    if Path(out).exists() and not overwrite:
-        raise DdalignError(f"{out}: output exists; pass --overwrite to replace it")
+    inputs = {"aligned model": aligned, "unaligned model": unaligned}
+    check_output(out, inputs, kind="patch", overwrite=overwrite, overwrite_any=overwrite_any)
+    if plot:
+        check_not_input(plot, {**inputs, "bundle": out}, role="--plot")
+        check_file_target(plot, what="PNG file")
     with Progress("extract", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("extract", total=None)
         bundle = extract(aligned, unaligned, scope=scope, layers=layers, out=out, allow_pickle=allow_pickle,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
-    Console().print(_layer_stats_table(layer_table(bundle), bundle))
+    _stdout().print(_layer_stats_table(layer_table(bundle), bundle))
     if plot:
         console.print(f"heatmap: {plot_heatmap(bundle, plot)}")
     console.print(f"bundle: {out} ({len(bundle.components())} components, {bundle.params():,} parameters)")
@@ -74,17 +77,19 @@ def _layer_stats_table(rows: list[dict], bundle):
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output checkpoint folder.")
 @click.option("--components", default=None, help="Apply only these components (comma-separated patterns or blocks).")
 @click.option("--max-shard-size", default="5GB", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder that ddalign wrote (a checkpoint).")
+@click.option("--overwrite-any", is_flag=True, help="Replace the output even if it is not a checkpoint ddalign wrote.")
 @click.option("--allow-other-base", is_flag=True,
               help="Apply to a checkpoint other than the unaligned model the patch was made from.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
 def apply_cmd(patch: str, target: str, out: str, components: str | None, max_shard_size: str, overwrite: bool,
-              allow_other_base: bool, allow_pickle: bool) -> None:
+              overwrite_any: bool, allow_other_base: bool, allow_pickle: bool) -> None:
     """Write TARGET with PATCH applied to OUT; every other tensor byte-identical."""
     from ddalign.transfer.apply import apply_to_folder
 
     report = apply_to_folder(patch, target, out, components=components, allow_other_base=allow_other_base,
-                             overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle)
+                             overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle,
+                             overwrite_any=overwrite_any, say=lambda text: console.print(f"note: {text}"))
     if report.differing_base:
         console.print(f"note: {len(report.differing_base)} of {report.checked} patched tensors differed from the "
                       f"patch's unaligned model (--allow-other-base)")
@@ -105,6 +110,8 @@ def apply_cmd(patch: str, target: str, out: str, components: str | None, max_sha
               help="Text file of extra refusal markers, one a line.")
 @click.option("--refusal-label", "refusal_labels", multiple=True, help="Classifier judge: label meaning refusal (repeatable).")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--max-prompt-tokens", type=int, default=None,
+              help="Longer prompts keep their last tokens (and BOS); default: the model's context minus --max-new-tokens.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--template", default=None, help="Prompt template with {prompt} ('chat' = the tokenizer's chat template; default: chat template if any, else an Alpaca-style one).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
@@ -137,11 +144,20 @@ def evaluate_cmd(ctx: click.Context, model: str, **options) -> None:
             if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
                 options[key] = tuple(value) if isinstance(value, list) else value
     o = options
+    if o["json_out"]:
+        from ddalign.io.outputs import check_file_target, check_not_input
+
+        check_not_input(o["json_out"], {"model": model, "patch": o["patch"], "harmful prompts": o["harmful"],
+                                        "safe prompts": o["safe"], "benign prompts": o["benign"],
+                                        "config": o["config_file"], "markers": o["refusal_markers_file"]},
+                        role="--json")
+        check_file_target(o["json_out"], what="JSON file")
     judge = make_judge(o["judge"], markers=o["refusal_markers"], markers_file=o["refusal_markers_file"],
                        refusal_labels=o["refusal_labels"] or None, device=o["device"], dtype=o["dtype"],
                        allow_pickle=o["allow_pickle"])
     config = GenerationConfig(max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"],
-                              template=o["template"], device=o["device"], dtype=o["dtype"])
+                              template=o["template"], device=o["device"], dtype=o["dtype"],
+                              max_prompt_tokens=o["max_prompt_tokens"])
     columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -158,7 +174,11 @@ def evaluate_cmd(ctx: click.Context, model: str, **options) -> None:
                                 accuracy_match=o["accuracy_match"], keep_answers=o["keep_answers"],
                                 device=o["device"], dtype=o["dtype"], allow_pickle=o["allow_pickle"],
                                 trust_remote_code=o["trust_remote_code"], progress=progress)
-    Console().print(metrics_table(record))
+    _stdout().print(metrics_table(record))
+    truncated = record.generation.get("truncated_prompts")
+    if truncated:
+        console.print(f"warning: {truncated} prompt(s) longer than {record.generation['max_prompt_tokens']} tokens "
+                      f"were cut to their last tokens (--max-prompt-tokens)")
     if o["json_out"]:
         record.save(o["json_out"])
         console.print(f"wrote {o['json_out']}")
@@ -196,7 +216,7 @@ def _print_organism(organism) -> None:
     from ddalign.run.tables import comparison_table
 
     rows = {name.replace("_", " "): {"metrics": m, "param_share": None} for name, m in organism.metrics.items()}
-    Console().print(comparison_table(rows, title=f"organism ({organism.preset}), held-out sets"))
+    _stdout().print(comparison_table(rows, title=f"organism ({organism.preset}), held-out sets"))
     console.print(f"folder: {organism.root}\nplanted components: {', '.join(organism.planted_components)}")
 
 # --- minimise / report / demo -----------------------------------------------------------------
@@ -280,6 +300,11 @@ def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, **
     from ddalign.run.minimise import minimise
 
     config = merge(DEFAULTS, load_config(config_file) if config_file else {}, _minimise_overrides(o))
+    if o["json_out"]:
+        from ddalign.io.outputs import check_file_target, check_not_input
+
+        check_not_input(o["json_out"], {"bundle": bundle, "target": target, "patch": out}, role="--json")
+        check_file_target(o["json_out"], what="JSON file")
     main = launched_as_main()
     view = LiveSearchView(console) if main else None   # under accelerate: one live view, one log
     try:
@@ -318,7 +343,7 @@ def _quiet():
 def _print_run(summary: dict, run_dir) -> None:
     from ddalign.run.tables import summary_table
 
-    Console().print(summary_table(summary))
+    _stdout().print(summary_table(summary))
     console.print(f"patch: {summary['patch']}   report: {run_dir}/report.md")
 
 
@@ -358,7 +383,7 @@ def demo_cmd(out: str, preset: str, sibling: str, scope: str | None, config_file
     with view:
         result = run_demo(out, preset=preset, sibling=sibling, scope=scope, config=config, overwrite=overwrite,
                           log=view.message, view=view)
-    Console().print(comparison_table(result.rows, title="held-out sets: before and after"))
+    _stdout().print(comparison_table(result.rows, title="held-out sets: before and after"))
     console.print(f"kept {len(result.kept)} component(s) after {result.tests} oracle tests: {', '.join(result.kept)}")
     outside = result.outside_planted
     if outside is not None:
@@ -367,8 +392,45 @@ def demo_cmd(out: str, preset: str, sibling: str, scope: str | None, config_file
     console.print(f"report: {result.report}\npatched checkpoint: {result.patched_model}")
 
 
+def _stdout() -> Console:
+    """Tables on stdout: the terminal's width, or when piped the width the content needs (rich
+    would cut columns to 80 characters)."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=400)
+
+
+_SHOWN_WARNING = None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from ddalign.errors import DdalignWarning
+
+    if issubclass(category, DdalignWarning) or _SHOWN_WARNING is None:
+        console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _SHOWN_WARNING(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
+    import warnings
+
+    from ddalign.errors import DdalignWarning
+    from ddalign.io.outputs import terminate_as_interrupt
+
+    terminate_as_interrupt()                  # SIGTERM cleans up as Ctrl-C does
+    global _SHOWN_WARNING
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
+    _SHOWN_WARNING = shown
+    warnings.simplefilter("always", DdalignWarning)
+    try:
+        _main(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="ddalign", standalone_mode=False)
     except DdalignError as exc:

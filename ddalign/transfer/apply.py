@@ -3,6 +3,7 @@ and to a checkpoint folder (streamed, tensor by tensor; every other tensor byte-
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,6 +16,7 @@ from ddalign.architectures import ArchitectureMap, Component, TensorSlice
 from ddalign.errors import DdalignError
 from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_checkpoint, write_safetensors
 from ddalign.io.patch import Patch, PatchEntry, select_components, _sub
+from ddalign.io.verify import verify_patch
 
 
 # --- a loaded model ---------------------------------------------------------------------------
@@ -71,6 +73,7 @@ def _write(param: torch.Tensor, entry: PatchEntry) -> None:
 
 def apply_patch(model, patch: Patch) -> None:
     """Apply `patch` to a loaded transformers model, for good."""
+    verify_patch(patch)
     table = _param_table(model)
     for e in patch.entries:
         param = _find_param(table, e.slice.tensor)
@@ -89,6 +92,7 @@ class InPlacePatcher:
 
     def __init__(self, model, patch: Patch):
         self.model, self.patch = model, patch
+        verify_patch(patch)                    # once: every later swap cuts from checked entries
         self.table = _param_table(model)
         self.originals: dict[str, torch.Tensor] = {}
         self.active: frozenset[str] = frozenset()
@@ -182,15 +186,21 @@ def check_compatible(patch: Patch, ck: Checkpoint) -> None:
 
 def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, allow_other_base: bool = False,
                     overwrite: bool = False, max_shard_size: str | int = "5GB",
-                    allow_pickle: bool = False) -> ApplyReport:
-    """Write `target` with the patch applied to `out`, tensor by tensor; every other tensor byte-identical."""
+                    allow_pickle: bool = False, overwrite_any: bool = False,
+                    say: Callable[[str], None] | None = None) -> ApplyReport:
+    """Write `target` with the patch applied to `out`, tensor by tensor; every other tensor byte-identical.
+
+    `out` is never an input or around one; an existing `out` is replaced with `overwrite` only when
+    it is a checkpoint folder ddalign wrote (`overwrite_any`: whatever it is). The patch's payload is
+    checked against its manifest before anything is written (ddalign.io.verify)."""
+    from ddalign.io.outputs import check_output, output_lock
+
+    patch_path = patch.path if isinstance(patch, Patch) else patch
+    check_output(out, {"target checkpoint": target, "patch": patch_path}, kind="checkpoint", overwrite=overwrite,
+                 overwrite_any=overwrite_any)
     if not isinstance(patch, Patch):
         patch = Patch.load(patch)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DdalignError(f"{out}: output folder exists; pass --overwrite to replace it")
-    if out.resolve() == Path(target).resolve():
-        raise DdalignError(f"{out}: the output would replace the input checkpoint")
+    out = Path(os.path.abspath(out))
     chosen = select_components(patch, components)
     if chosen != patch.components():
         patch = patch.restrict(chosen)
@@ -201,6 +211,7 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
         raise DdalignError(f"{target}: {len(differing)} of {checked} patched tensors differ from the unaligned model "
                            f"the patch was made from (first: {differing[0]}); pass --allow-other-base to apply "
                            f"it to another fine-tune of the same base")
+    verify_patch(patch, release=True)
     by_tensor: dict[str, list[PatchEntry]] = {}
     for e in patch.entries:
         by_tensor.setdefault(e.slice.tensor, []).append(e)
@@ -219,5 +230,7 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
         return tensor
 
     specs = [TensorSpec(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names()]
-    write_checkpoint(out, specs, produce, copy_from=ck.path, max_shard_size=max_shard_size, overwrite=overwrite)
+    with output_lock(out, say=say):
+        write_checkpoint(out, specs, produce, copy_from=ck.path, max_shard_size=max_shard_size,
+                         overwrite=overwrite or overwrite_any)
     return ApplyReport(out, patch.components(), len(by_tensor), differing, checked)

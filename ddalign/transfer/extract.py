@@ -18,7 +18,7 @@ import torch
 from ddalign import __version__
 from ddalign.architectures import ArchitectureMap, format_layers, parse_layers
 from ddalign.io.checkpoint import Checkpoint, TensorSpec, write_safetensors
-from ddalign.errors import DdalignError
+from ddalign.errors import DdalignError, DdalignWarning
 from ddalign.io.patch import FORMAT, META_KEY, Patch, _keys
 
 Progress = Callable[[int, int], None]     # (done, total) components
@@ -56,7 +56,7 @@ class _Stats:
     def as_dict(self) -> dict:
         norm_u, norm_a = math.sqrt(self.u2), math.sqrt(self.a2)
         delta = math.sqrt(self.diff2)
-        return {"params": self.params, "delta_norm": delta,
+        return {"params": self.params, "delta_norm": delta, "aligned_nonfinite": not math.isfinite(self.a2),
                 "rel_delta": delta / norm_u if norm_u else (0.0 if delta == 0 else math.inf),
                 "cosine": self.dot / (norm_a * norm_u) if norm_a and norm_u else (1.0 if delta == 0 else 0.0)}
 
@@ -84,9 +84,15 @@ def check_pair(a: Checkpoint, u: Checkpoint) -> None:
 def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, progress: Progress | None = None,
             allow_pickle: bool = False) -> Patch:
     """Write the delta bundle of `aligned` over `unaligned` to `out` and return it (a Patch)."""
+    from ddalign.io.outputs import check_not_input
+
+    check_not_input(out, {"aligned model": aligned, "unaligned model": unaligned})
+    if Path(aligned).resolve() == Path(unaligned).resolve():
+        raise DdalignError(f"{aligned}: given as both the aligned and the unaligned model; their delta is zero")
     a = Checkpoint.open(aligned, allow_pickle=allow_pickle)
     u = Checkpoint.open(unaligned, allow_pickle=allow_pickle)
     check_pair(a, u)
+    warn_model_types(a, u)
     arch = ArchitectureMap.from_checkpoint(a).with_scope(scope)
     layer_list = parse_layers(layers, arch.num_layers)
     components = [str(c) for c in arch.components(scope, layer_list)]
@@ -95,10 +101,10 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     slices = {c: arch.resolve(c) for c in components}
     specs, plan = [], {}
     for comp in components:
-        for key, s in zip(_keys(comp, slices[comp]), slices[comp]):
+        for i, (key, s) in enumerate(zip(_keys(comp, slices[comp]), slices[comp])):
             spec = TensorSpec(key, s.shape(a.info(s.tensor).shape), a.info(s.tensor).dtype)
             specs.append(spec)
-            plan[key] = (comp, s)
+            plan[key] = (comp, s, i)
     stats = {c: _Stats() for c in components}
     tensors = list(dict.fromkeys(s.tensor for c in components for s in slices[c]))
     dtypes = sorted({a.info(t).dtype for t in tensors})
@@ -113,7 +119,9 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         "scope": scope, "layers": format_layers(layer_list), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
         "aligned": {"path": str(aligned), "fingerprints": prints["aligned"]},
         "unaligned": {"path": str(unaligned), "fingerprints": prints["unaligned"]},
-        "components": {c: {"slices": [s.as_list() for s in slices[c]]} for c in components},
+        # the sha256 of each stored slice, checked before any apply (ddalign.io.verify)
+        "components": {c: {"slices": [s.as_list() for s in slices[c]], "sha256": [PENDING] * len(slices[c])}
+                       for c in components},
     }
     done: set[str] = set()
     counts = {c: len(slices[c]) for c in components}
@@ -146,9 +154,10 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         return current[tensor]
 
     def produce(key: str) -> torch.Tensor:
-        comp, s = plan[key]
+        comp, s, index = plan[key]
         va, vu = (s.take(t) for t in pair(s.tensor))
         pending.append(summer.submit(stats[comp].add, va, vu, scratch))
+        pending.append(summer.submit(_record_digest, manifest["components"][comp]["sha256"], index, va))
         counts[comp] -= 1
         if counts[comp] == 0:
             done.add(comp)
@@ -161,18 +170,41 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         current.clear()
         for c in components:
             manifest["components"][c].update(stats[c].as_dict())
+        if all(stats[c].diff2 == 0 for c in components):   # raised before the rename: no bundle is left
+            raise DdalignError(f"{aligned} and {unaligned}: identical in every component of scope {scope!r} "
+                               f"(an all-zero delta); give the aligned and the unaligned sibling")
         return {META_KEY: _dumps(manifest)}
 
-    reserve = 160 * len(components) + 256
+    reserve = 220 * len(components) + 256
+    from ddalign.io.outputs import output_lock
+
     try:
-        write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
-                          reserve=reserve)
+        with output_lock(out):
+            write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
+                              reserve=reserve)
     finally:
         readers.shutdown(cancel_futures=True)
         summer.shutdown(cancel_futures=True)
         a.close()
         u.close()
     return Patch.load(out)
+
+
+def _record_digest(digests: list, index: int, values: torch.Tensor) -> None:
+    from ddalign.io.verify import payload_digest
+
+    digests[index] = payload_digest(values)
+
+
+def warn_model_types(a: Checkpoint, u: Checkpoint) -> None:
+    """Same tensor names do not make siblings: a Mistral and a Llama share them. Warn when the
+    configs name different model types."""
+    import warnings
+
+    ta, tu = a.config.get("model_type"), u.config.get("model_type")
+    if ta and tu and ta != tu:
+        warnings.warn(f"{a.path} is a {ta} model, {u.path} a {tu} model: not siblings of one base; "
+                      f"the delta is not an alignment delta", DdalignWarning, stacklevel=3)
 
 
 def _dumps(manifest: dict) -> str:
