@@ -161,15 +161,11 @@ def record_written(folder: Path, files: Iterable[str]) -> None:
 
 # --- modes ------------------------------------------------------------------------------------
 
-_UMASK: int | None = None
-
-
 def umask() -> int:
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
+    """The process's umask (read by setting and restoring it: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def apply_umask(path, *, folder: bool = False) -> None:
