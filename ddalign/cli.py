@@ -111,7 +111,8 @@ def apply_cmd(patch: str, target: str, out: str, components: str | None, max_sha
 @click.option("--refusal-label", "refusal_labels", multiple=True, help="Classifier judge: label meaning refusal (repeatable).")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--max-prompt-tokens", type=int, default=None,
-              help="Longer prompts keep their last tokens (and BOS); default: the model's context minus --max-new-tokens.")
+              help="Longer prompts keep their last tokens (and BOS); default: the model's context "
+                   "minus --max-new-tokens.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--template", default=None, help="Prompt template with {prompt} ('chat' = the tokenizer's chat template; default: chat template if any, else an Alpaca-style one).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
@@ -419,15 +420,13 @@ def main(argv: list[str] | None = None) -> None:
     from ddalign.errors import DdalignWarning
     from ddalign.io.outputs import terminate_as_interrupt
 
-    terminate_as_interrupt()                  # SIGTERM cleans up as Ctrl-C does
     global _SHOWN_WARNING
-    shown, warnings.showwarning = warnings.showwarning, _show_warning
-    _SHOWN_WARNING = shown
-    warnings.simplefilter("always", DdalignWarning)
-    try:
+    terminate_as_interrupt()                  # SIGTERM cleans up as Ctrl-C does
+    with warnings.catch_warnings():           # restores the filters and showwarning after
+        _SHOWN_WARNING = warnings.showwarning
+        warnings.showwarning = _show_warning
+        warnings.simplefilter("always", DdalignWarning)
         _main(argv)
-    finally:
-        warnings.showwarning = shown
 
 
 def _main(argv: list[str] | None) -> None:

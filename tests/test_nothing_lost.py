@@ -235,7 +235,8 @@ def test_apply_refuses_non_finite_values_the_aligned_model_did_not_have(tmp_path
     nan = Patch.load(bundle.path)
     nan.entries[0]._values = torch.full_like(nan.entries[0].values, float("nan"))
     nan.save(tmp_path / "nan.safetensors")            # a consistent sha256 of NaN values
-    with pytest.raises(DdalignError, match=r"NaN or infinite values.*" + nan.entries[0].slice.tensor.replace(".", r"\.")):
+    tensor = nan.entries[0].slice.tensor.replace(".", r"\.")
+    with pytest.raises(DdalignError, match=r"NaN or infinite values.*" + tensor):
         apply_to_folder(tmp_path / "nan.safetensors", u, tmp_path / "o")
     with pytest.raises(DdalignError, match="NaN"):
         InPlacePatcher(_load(u), Patch.load(tmp_path / "nan.safetensors"))
@@ -404,6 +405,10 @@ def test_output_paths_that_cannot_be_written_are_one_line_errors(tmp_path, bundl
     line = one_line_error(*run(["extract", "--aligned", a, "--unaligned", u, "-o", tmp_path / "b3.safetensors",
                                 "--plot", blocker / "x.png"], capsys)[::2])
     assert "cannot be written" in line and not (tmp_path / "b3.safetensors").exists()
+    code, _, err = run(["extract", "--aligned", a, "--unaligned", u, "-o", tmp_path / "b4.safetensors",
+                        "--plot", tmp_path / "missing" / "dir" / "x.png"], capsys)
+    assert code == 0, err                                         # a folder that can be made is made
+    assert (tmp_path / "missing" / "dir" / "x.png").read_bytes()[:4] == b"\x89PNG"
     work = tmp_path / "work" / "here"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
@@ -570,3 +575,32 @@ def _load(path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path)
+
+
+def test_demo_never_replaces_the_current_folder(tmp_path, monkeypatch):
+    from ddalign.run.demo import run_demo
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("x")
+    for out in (".", tmp_path.parent):
+        with pytest.raises(DdalignError, match="current folder"):
+            run_demo(out, overwrite=True)
+    assert (tmp_path / "keep.txt").read_text() == "x"
+
+
+def test_an_organism_build_removes_a_killed_builds_folder_and_nothing_else(tmp_path, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("ddalign.organism.build")
+    monkeypatch.setattr(module, "_build_into", lambda root, p, bar: (root / "organism.json").write_text(
+        json.dumps({"preset": "fast", "planted_components": []})))
+    killed = tmp_path / ".org.k2j4h5g6"                   # a build killed before builds named theirs .tmp
+    (killed / "base").mkdir(parents=True)
+    killed_now = tmp_path / ".org.a1b2c3d4.tmp"
+    killed_now.mkdir()
+    mine = tmp_path / ".org.backup01"                     # the user's, though it looks alike
+    mine.write_text("x")
+    with pytest.warns(errors.DdalignWarning, match="stale temporary"):
+        module.build("fast", out=tmp_path / "org", progress=False)
+    assert not killed.exists() and not killed_now.exists() and mine.read_text() == "x"
+    assert (tmp_path / "org" / "organism.json").is_file()

@@ -181,11 +181,19 @@ def lock_path(out) -> Path:
 
 
 def _temporaries(out: Path) -> list[Path]:
+    """`.NAME.<random>.tmp`, `.NAME.old`, `.NAME.tmp.png`; and `.NAME.<8 random>` folders of an
+    organism build from before builds named theirs `.tmp` (only when they hold a build's folders)."""
     name = re.escape(out.name)
-    pattern = re.compile(rf"^\.{name}\.(.+\.tmp|old|tmp\.png|[A-Za-z0-9_]{{8}})$")
+    ours = re.compile(rf"^\.{name}\.(.+\.tmp|old|tmp\.png)$")
+    legacy = re.compile(rf"^\.{name}\.[a-z0-9_]{{8}}$")
     if not out.parent.is_dir():
         return []
-    return sorted(p for p in out.parent.iterdir() if pattern.match(p.name))
+
+    def legacy_build(p: Path) -> bool:
+        return (legacy.match(p.name) is not None and p.is_dir() and not p.is_symlink()
+                and all(c.name in ("base", "unaligned", "aligned", "planted") for c in p.iterdir()))
+
+    return sorted(p for p in out.parent.iterdir() if ours.match(p.name) or legacy_build(p))
 
 
 def _pid_alive(pid: int) -> bool:

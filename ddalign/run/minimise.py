@@ -477,7 +477,10 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                "extents": _extents(arch, kept)}
     if dist.is_main:
         minimal_patch.manifest = {**minimal_patch.manifest, "kind": "patch", "search": search_info}
-        minimal_patch.save(paths.patch)
+        from ddalign.io.outputs import output_lock
+
+        with output_lock(paths.patch, say=say):        # clears a killed save's temporaries, says so
+            minimal_patch.save(paths.patch)
         _write_json(paths.summary, summary)
         assert journal is not None
         journal.append_result({"outcome": "minimal", "kept": kept, "tests": tests,

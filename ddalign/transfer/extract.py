@@ -261,6 +261,7 @@ def plot_heatmap(patch: Patch, path) -> Path:
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
