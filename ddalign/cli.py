@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 
 import click
 from rich.console import Console
 
 from ddalign import __version__
-from ddalign.errors import DdalignError
+from ddalign.errors import DdalignError, DdalignWarning
 
 console = Console(stderr=True)
+warnings.filterwarnings("always", category=DdalignWarning)     # each doubtful input said, every time
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -415,18 +417,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
-    import warnings
-
-    from ddalign.errors import DdalignWarning
     from ddalign.io.outputs import terminate_as_interrupt
 
     global _SHOWN_WARNING
     terminate_as_interrupt()                  # SIGTERM cleans up as Ctrl-C does
-    with warnings.catch_warnings():           # restores the filters and showwarning after
-        _SHOWN_WARNING = warnings.showwarning
-        warnings.showwarning = _show_warning
-        warnings.simplefilter("always", DdalignWarning)
+    # showwarning is swapped, the filters left alone: changing them would reset every module's
+    # once-only warnings, so that other libraries' warnings printed again
+    _SHOWN_WARNING, warnings.showwarning = warnings.showwarning, _show_warning
+    try:
         _main(argv)
+    finally:
+        warnings.showwarning = _SHOWN_WARNING
 
 
 def _main(argv: list[str] | None) -> None:
