@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 
 import click
 from rich.console import Console
 
 from ddalign import __version__
-from ddalign.errors import DdalignError
+from ddalign.errors import DdalignError, DdalignWarning
 from ddalign.settings import Settings, cli_options, cli_overrides
 
 console = Console(stderr=True)
+warnings.filterwarnings("always", category=DdalignWarning)     # each doubtful input said, every time
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,25 +40,28 @@ def cli() -> None:
 @click.option("--layers", default=None, help="Layer range, e.g. 8-20 or 3,5-7.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Bundle file (.safetensors).")
 @click.option("--plot", default=None, type=click.Path(path_type=str), help="Layer x module heatmap of the relative delta (PNG).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle file (a ddalign patch or bundle).")
+@click.option("--overwrite-any", is_flag=True, help="Replace the output even if it is not a ddalign file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
 def extract_cmd(aligned: str, unaligned: str, base: str | None, scope: str, layers: str | None, out: str,
-                plot: str | None, overwrite: bool, allow_pickle: bool) -> None:
+                plot: str | None, overwrite: bool, overwrite_any: bool, allow_pickle: bool) -> None:
     """Write the alignment delta bundle of ALIGNED over UNALIGNED (streamed, tensor by tensor)."""
-    from pathlib import Path
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from ddalign.io.outputs import check_file_target, check_not_input, check_output
     from ddalign.transfer.extract import extract, layer_table, plot_heatmap
 
-    if Path(out).exists() and not overwrite:
-        raise DdalignError(f"{out}: output exists; pass --overwrite to replace it")
+    inputs = {"aligned model": aligned, "unaligned model": unaligned}
+    check_output(out, inputs, kind="patch", overwrite=overwrite, overwrite_any=overwrite_any)
+    if plot:
+        check_not_input(plot, {**inputs, "bundle": out}, role="--plot")
+        check_file_target(plot, what="PNG file")
     with Progress("extract", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("extract", total=None)
         bundle = extract(aligned, unaligned, base=base, scope=scope, layers=layers, out=out, allow_pickle=allow_pickle,
                          progress=lambda done, total: bar.update(task, completed=done, total=total))
-    Console().print(_layer_stats_table(layer_table(bundle), bundle))
+    _stdout().print(_layer_stats_table(layer_table(bundle), bundle))
     if plot:
         console.print(f"heatmap: {plot_heatmap(bundle, plot)}")
     console.print(f"bundle: {out} ({len(bundle.components())} components, {bundle.params():,} parameters, "
@@ -87,17 +92,19 @@ def _layer_stats_table(rows: list[dict], bundle):
               help="transplant (replace the target's values) or add (add the A - P deltas); default: the patch's "
                    "own mode, which a given --mode must match.")
 @click.option("--max-shard-size", default="5GB", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder that ddalign wrote (a checkpoint).")
+@click.option("--overwrite-any", is_flag=True, help="Replace the output even if it is not a checkpoint ddalign wrote.")
 @click.option("--allow-other-base", is_flag=True,
               help="Apply to a checkpoint other than the unaligned model the patch was made from.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
 def apply_cmd(patch: str, target: str, out: str, components: str | None, mode: str | None, max_shard_size: str,
-              overwrite: bool, allow_other_base: bool, allow_pickle: bool) -> None:
+              overwrite: bool, overwrite_any: bool, allow_other_base: bool, allow_pickle: bool) -> None:
     """Write TARGET with PATCH applied to OUT; every other tensor byte-identical."""
     from ddalign.transfer.apply import apply_to_folder
 
     report = apply_to_folder(patch, target, out, components=components, allow_other_base=allow_other_base,
-                             overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle, mode=mode)
+                             overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle, mode=mode,
+                             overwrite_any=overwrite_any, say=lambda text: console.print(f"note: {text}"))
     if report.differing_base:
         console.print(f"note: {len(report.differing_base)} of {report.checked} patched tensors differed from the "
                       f"patch's unaligned model (--allow-other-base)")
@@ -145,6 +152,14 @@ def evaluate_cmd(model: str, patch: str | None, config_file: str | None, keep_an
 
     settings = Settings.load(config_file, cli_overrides(given))
     data, g = settings.data, settings.generation
+    if json_out:
+        from ddalign.io.outputs import check_file_target, check_not_input
+
+        check_not_input(json_out, {"model": model, "patch": patch, "harmful prompts": data.eval_harmful,
+                                   "safe prompts": data.eval_safe, "benign prompts": data.eval_benign,
+                                   "config": config_file, "markers": settings.judge.markers_file},
+                        role="--json")
+        check_file_target(json_out, what="JSON file")
     judge = settings.make_judge(allow_pickle=allow_pickle)
     columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
@@ -162,7 +177,11 @@ def evaluate_cmd(model: str, patch: str | None, config_file: str | None, keep_an
                                 early_stop=g.early_stop, accuracy_match=settings.judge.accuracy_match,
                                 keep_answers=keep_answers, device=g.device, dtype=g.dtype,
                                 allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress)
-    Console().print(metrics_table(record))
+    _stdout().print(metrics_table(record))
+    truncated = record.generation.get("truncated_prompts")
+    if truncated:
+        console.print(f"warning: {truncated} prompt(s) longer than {record.generation['max_prompt_tokens']} tokens "
+                      f"were cut to their last tokens (--max-prompt-tokens)")
     if json_out:
         record.save(json_out)
         console.print(f"wrote {json_out}")
@@ -200,7 +219,7 @@ def _print_organism(organism) -> None:
     from ddalign.run.tables import comparison_table
 
     rows = {name.replace("_", " "): {"metrics": m, "param_share": None} for name, m in organism.metrics.items()}
-    Console().print(comparison_table(rows, title=f"organism ({organism.preset}), held-out sets"))
+    _stdout().print(comparison_table(rows, title=f"organism ({organism.preset}), held-out sets"))
     console.print(f"folder: {organism.root}\nplanted components: {', '.join(organism.planted_components)}")
 
 # --- minimise / report / demo -----------------------------------------------------------------
@@ -227,6 +246,11 @@ def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, re
     from ddalign.run.minimise import minimise
 
     settings = Settings.load(config_file, cli_overrides(given))
+    if json_out:
+        from ddalign.io.outputs import check_file_target, check_not_input
+
+        check_not_input(json_out, {"bundle": bundle, "target": target, "patch": out}, role="--json")
+        check_file_target(json_out, what="JSON file")
     main = launched_as_main()
     view = LiveSearchView(console) if main else None   # under accelerate: one live view, one log
     try:
@@ -265,7 +289,7 @@ def _quiet():
 def _print_run(summary) -> None:
     from ddalign.run.tables import summary_table
 
-    Console().print(summary_table(summary))
+    _stdout().print(summary_table(summary))
     console.print(f"patch: {summary.patch}   report: {summary.run_dir}/report.md")
 
 
@@ -302,7 +326,7 @@ def demo_cmd(out: str, preset: str, sibling: str, config_file: str, overwrite: b
     with view:
         result = run_demo(out, preset=preset, sibling=sibling, config=settings, overwrite=overwrite,
                           log=view.message, view=view)
-    Console().print(comparison_table(result.rows, title="held-out sets: before and after"))
+    _stdout().print(comparison_table(result.rows, title="held-out sets: before and after"))
     console.print(f"kept {len(result.kept)} component(s) after {result.tests} oracle tests: {', '.join(result.kept)}")
     outside = result.outside_planted
     if outside is not None:
@@ -311,8 +335,42 @@ def demo_cmd(out: str, preset: str, sibling: str, config_file: str, overwrite: b
     console.print(f"report: {result.report}\npatched checkpoint: {result.patched_model}")
 
 
+def _stdout() -> Console:
+    """Tables on stdout: the terminal's width, or when piped the width the content needs (rich
+    would cut columns to 80 characters)."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=400)
+
+
+_SHOWN_WARNING = None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from ddalign.errors import DdalignWarning
+
+    if issubclass(category, DdalignWarning) or _SHOWN_WARNING is None:
+        console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _SHOWN_WARNING(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
+    from ddalign.io.outputs import terminate_as_interrupt
+
+    global _SHOWN_WARNING
+    terminate_as_interrupt()                  # SIGTERM cleans up as Ctrl-C does
+    # showwarning is swapped, the filters left alone: changing them would reset every module's
+    # once-only warnings, so that other libraries' warnings printed again
+    _SHOWN_WARNING, warnings.showwarning = warnings.showwarning, _show_warning
+    try:
+        _main(argv)
+    finally:
+        warnings.showwarning = _SHOWN_WARNING
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         cli.main(args=argv, prog_name="ddalign", standalone_mode=False)
     except DdalignError as exc:

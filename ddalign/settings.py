@@ -201,8 +201,10 @@ class Generation(Section):
                                         commands=("minimise",))
     early_stop: bool = setting(True, "Stop a row's generation once the judge has decided (no verdict changes).",
                                commands=("evaluate",))
+    max_prompt_tokens: Optional[int] = setting(None, "Longer prompts keep their last tokens (and BOS); default: "
+                                               "the model's context minus the tokens generated.")
 
-    @field_validator("max_new_tokens", "eval_max_new_tokens", "batch_size")
+    @field_validator("max_new_tokens", "eval_max_new_tokens", "batch_size", "max_prompt_tokens")
     @classmethod
     def _count(cls, value):
         return _positive("", value)
@@ -270,6 +272,7 @@ class Settings(BaseModel):
 
         return OracleConfig(**self.oracle.model_dump(), batch_size=self.generation.batch_size,
                             max_new_tokens=self.generation.max_new_tokens, template=self.generation.template,
+                            max_prompt_tokens=self.generation.max_prompt_tokens,
                             accuracy_match=self.judge.accuracy_match)
 
     def generation_config(self, *, held_out: bool = True):
@@ -277,7 +280,8 @@ class Settings(BaseModel):
 
         g = self.generation
         return GenerationConfig(max_new_tokens=g.eval_max_new_tokens if held_out else g.max_new_tokens,
-                                batch_size=g.batch_size, template=g.template, device=g.device, dtype=g.dtype)
+                                batch_size=g.batch_size, template=g.template, device=g.device, dtype=g.dtype,
+                                max_prompt_tokens=g.max_prompt_tokens)
 
     def make_judge(self, *, allow_pickle: bool = False):
         from ddalign.evaluate.judges import make_judge

@@ -3,7 +3,9 @@
 Known formats are read as published: AdvBench `harmful_behaviors.csv` (goal), HarmBench
 behaviors (Behavior), JailbreakBench behaviors (Goal), XSTest (prompt + label), self-instruct
 JSONL (instruction + instances[0].input, reference instances[0].output); otherwise the prompt
-column is found by name, or given with `column`. Plain text: one prompt a line.
+column is found by name, or given with `column`. Plain text: one prompt a line; blank lines and
+lines starting with `#` are skipped as comments (a warning says how many), and `column` does not
+apply (a warning says so).
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def _pick(row: dict, names, given: str | None = None, *, source: str = "", requi
         if name in row and row[name] not in (None, ""):
             return row[name]
     if required:
+        empty = next((name for name in names if name in row), None)
+        if empty is not None:
+            raise DdalignError(f"{source}: the prompt cell ({empty!r}) is empty")
         raise DdalignError(f"{source}: no prompt column found (expected one of {', '.join(names)}, "
                            f"found: {', '.join(map(str, row))}); pass --column")
     return None
@@ -62,7 +67,7 @@ def _from_record(row: dict, column: str | None, source: str) -> Prompt:
     else:
         text = _pick(row, PROMPT_COLUMNS, column, source=source, required=True)
     if not isinstance(text, str) or not text.strip():
-        raise DdalignError(f"{source}: empty prompt")
+        raise DdalignError(f"{source}: empty prompt" + (f" (column {column!r})" if column else ""))
     label = _pick(row, LABEL_COLUMNS)
     ident = _pick(row, ID_COLUMNS)
     category = _pick(row, CATEGORY_COLUMNS)
@@ -111,7 +116,19 @@ def load_prompts(path, *, column: str | None = None, split: str | None = None) -
             raise DdalignError(f"{path}: expected a JSON list of prompts (or an object holding one)")
         records = [(f"{path}, item {i}", row) for i, row in enumerate(data)]
     elif suffix in (".txt", ".text", ""):
-        return [Prompt(line.strip()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        import warnings
+
+        from ddalign.errors import DdalignWarning
+
+        if column is not None:
+            warnings.warn(f"{path}: plain text has one prompt a line and no columns; --column {column} "
+                          f"does not apply to it", DdalignWarning, stacklevel=2)
+        lines = [line for line in text.splitlines() if line.strip()]
+        comments = sum(1 for line in lines if line.startswith("#"))
+        if comments:
+            warnings.warn(f"{path}: {comments} line(s) starting with '#' skipped as comments", DdalignWarning,
+                          stacklevel=2)
+        return [Prompt(line.strip()) for line in lines if not line.startswith("#")]
     else:
         raise DdalignError(f"{path}: unknown prompt file type {suffix!r}; "
                            f"expected .csv, .json, .jsonl, .parquet or .txt")

@@ -38,8 +38,13 @@ class GenerationConfig:
     template: str | None = None          # None: chat template if any, else DEFAULT_TEMPLATE
     device: str | None = None            # None: where the model already is
     dtype: str | None = None             # informative here; load_model applies it
+    max_prompt_tokens: int | None = None  # None: the model's context minus max_new_tokens
 
     def __post_init__(self) -> None:
+        if self.max_prompt_tokens is not None and (not isinstance(self.max_prompt_tokens, int)
+                                                   or self.max_prompt_tokens < 1):
+            raise DdalignError(f"generation max_prompt_tokens: expected a positive integer, "
+                               f"got {self.max_prompt_tokens!r}")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise DdalignError(f"generation max_new_tokens: expected a positive integer, got {self.max_new_tokens!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -66,9 +71,11 @@ class GenerationStats:
     prompt_tokens: int = 0
     forward_passes: int = 0
     seconds: float = 0.0
+    truncated_prompts: int = 0           # prompts cut to max_prompt_tokens (their last tokens kept)
 
     def as_dict(self) -> dict:
         return {"prompts": self.prompts, "generated_tokens": self.new_tokens,
+                "truncated_prompts": self.truncated_prompts,
                 "prompt_tokens": self.prompt_tokens, "forward_passes": self.forward_passes,
                 "seconds": round(self.seconds, 4)}
 
@@ -199,6 +206,7 @@ class Generator:
         self._cache_arg = _cache_argument(params)
         if self.config.device is not None and getattr(model, "hf_device_map", None) is None:
             model.to(self.config.device)
+        self.max_prompt_tokens = self._max_prompt_tokens()
 
     # rendering ------------------------------------------------------------------------------
     @property
@@ -214,17 +222,50 @@ class Generator:
         return template.replace("{prompt}", prompt)
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of the rendered prompt; a chat template carries its own BOS."""
+        """Token ids of the rendered prompt; a chat template carries its own BOS. A prompt longer
+        than `max_prompt_tokens` keeps its last tokens (the end of the request and the assistant
+        turn), after its BOS when it starts with one."""
+        return self._truncate(self.encode_full(prompt))
+
+    def _truncate(self, ids: list[int]) -> list[int]:
+        limit = self.max_prompt_tokens
+        if limit is None or len(ids) <= limit:
+            return ids
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        head = ids[:1] if bos is not None and ids[0] == bos and limit > 1 else []
+        return head + ids[len(ids) - (limit - len(head)):]
+
+    def encode_full(self, prompt: str) -> list[int]:
         text = self.render(prompt)
         ids = self.tokenizer(text, add_special_tokens=not self.uses_chat_template)["input_ids"]
         if not ids:
             raise DdalignError(f"prompt {prompt[:40]!r}: renders to no tokens")
         return list(ids)
 
+    def context_length(self) -> int | None:
+        """The model's context (positions it was built for), if its config says."""
+        config = getattr(self.model, "config", None)
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def _max_prompt_tokens(self) -> int | None:
+        if self.config.max_prompt_tokens is not None:
+            return self.config.max_prompt_tokens
+        context = self.context_length()
+        if context is None:
+            return None
+        if context <= self.config.max_new_tokens:
+            raise DdalignError(f"generation max_new_tokens {self.config.max_new_tokens}: leaves no room for a prompt "
+                               f"in the model's context of {context} tokens")
+        return context - self.config.max_new_tokens
+
     def describe(self) -> dict:
         """Settings for records: enough to reproduce the answers."""
         return {"decoding": "greedy", "max_new_tokens": self.config.max_new_tokens,
-                "batch_size": self.config.batch_size,
+                "batch_size": self.config.batch_size, "max_prompt_tokens": self.max_prompt_tokens,
                 "template": "chat" if self.uses_chat_template else (self.config.template or DEFAULT_TEMPLATE),
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "eos_token_ids": sorted(self.eos_ids)}
@@ -273,7 +314,9 @@ class Generator:
         else:
             per_row = [stop_when] * len(prompts)
         visit = list(range(len(prompts))) if order is None else list(order)
-        encoded = {i: self.encode(prompts[i]) for i in visit}
+        full = {i: self.encode_full(prompts[i]) for i in visit}
+        encoded = {i: self._truncate(ids) for i, ids in full.items()}
+        self.stats.truncated_prompts += sum(1 for i in visit if len(encoded[i]) < len(full[i]))
         # Longest first (stable): similar lengths share a batch, and memory peaks at once.
         visit.sort(key=lambda i: -len(encoded[i]))
         size = self.config.batch_size

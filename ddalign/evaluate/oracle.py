@@ -59,6 +59,7 @@ class OracleConfig(OracleSection):
     batch_size: int = Generation.model_fields["batch_size"].default
     max_new_tokens: int = Generation.model_fields["max_new_tokens"].default
     template: Optional[str] = None                # as GenerationConfig.template
+    max_prompt_tokens: Optional[int] = None       # as GenerationConfig.max_prompt_tokens
     accuracy_match: Literal["contains", "exact"] = Judge.model_fields["accuracy_match"].default
     ppl_max_length: Optional[int] = None
 
@@ -82,7 +83,7 @@ class OracleConfig(OracleSection):
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                template=self.template)
+                                template=self.template, max_prompt_tokens=self.max_prompt_tokens)
 
     def to_dict(self) -> dict:
         return self.model_dump()

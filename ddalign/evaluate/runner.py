@@ -150,6 +150,8 @@ def evaluate_model(model, *, tokenizer=None, patch=None, harmful=None, safe=None
     sets = {"harmful": resolve_prompts("harmful", harmful, column=column, limit=limit),
             "safe": resolve_prompts("safe", safe, column=column, limit=limit),
             "benign": resolve_prompts("benign", benign, column=column, limit=limit)}
+    if all(v is None for v in sets.values()):
+        raise DdalignError("every prompt set is 'none' (--harmful, --safe, --benign): nothing to evaluate")
     load_seconds = 0.0
     if isinstance(model, (str, os.PathLike)):
         name = str(model)
@@ -202,12 +204,13 @@ def _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match, ppl_
             if progress is not None:
                 progress(role, done, len(texts))
 
-        before = (generator.stats.new_tokens, generator.stats.seconds)
+        before = (generator.stats.new_tokens, generator.stats.seconds, generator.stats.truncated_prompts)
         if progress is not None:
             progress(role, 0, len(texts))
         gens = generator.generate_detailed(texts, stop_when=stop_when, progress=tick)
         stages[role] = {"prompts": len(texts), "generated_tokens": generator.stats.new_tokens - before[0],
-                        "seconds": round(generator.stats.seconds - before[1], 4)}
+                        "seconds": round(generator.stats.seconds - before[1], 4),
+                        "truncated_prompts": generator.stats.truncated_prompts - before[2]}
         return [g.text for g in gens]
 
     for role in ("harmful", "safe"):
@@ -249,6 +252,10 @@ def _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match, ppl_
             samples["benign"] = [{"id": getattr(p, "id", None), "prompt": _text(p), "answer": a,
                                   "reference": _reference(p)} for p, a in zip(prompts, answers)]
     record.generation["accuracy_match"] = accuracy_match
+    record.generation["truncated_prompts"] = generator.stats.truncated_prompts
+    for role, stage in stages.items():         # per set, where any prompt was cut
+        if stage.get("truncated_prompts") and role in record.data:
+            record.data[role]["truncated_prompts"] = stage["truncated_prompts"]
     cost = generator.stats.as_dict()
     cost["generation_seconds"] = cost.pop("seconds")
     record.cost = {**cost, "stages": stages}
@@ -284,6 +291,8 @@ def metrics_table(record: EvaluationRecord):
         table.add_row("perplexity (benign)", f"{p.value:.3f}", "", f"{p.tokens} tok", "↓")
     rate_row("benign accuracy", record.benign_accuracy, "↑")
     cost = record.cost
+    cut = record.generation.get("truncated_prompts")
     table.caption = (f"{cost.get('prompts', 0)} prompts, {cost.get('generated_tokens', 0)} generated tokens, "
-                     f"{cost.get('seconds', 0):.1f} s; judge: {record.judge.get('kind')}")
+                     f"{cost.get('seconds', 0):.1f} s; judge: {record.judge.get('kind')}"
+                     + (f"; {cut} prompt(s) cut to {record.generation.get('max_prompt_tokens')} tokens" if cut else ""))
     return table

@@ -21,6 +21,9 @@ def write_json_atomic(path, data: Any) -> Path:
             json.dump(data, fh, indent=2, ensure_ascii=False, allow_nan=False)
             fh.write("\n")
             fh.flush()
+            from ddalign.io.outputs import umask
+
+            os.fchmod(fh.fileno(), 0o666 & ~umask())     # mkstemp made it 0600
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -489,6 +489,7 @@ def write_safetensors(path, specs: Sequence[TensorSpec], produce: Producer, *,
                 f.seek(8)
                 f.write(new + b" " * (len(header) - len(new)))
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())      # mkstemp made it 0600
             if sync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -506,6 +507,20 @@ def write_safetensors(path, specs: Sequence[TensorSpec], produce: Producer, *,
 def save_file_atomic(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> Path:
     specs = [TensorSpec(n, tuple(t.shape), dtype_code(t.dtype)) for n, t in tensors.items()]
     return write_safetensors(path, specs, lambda n: tensors[n], metadata=metadata)
+
+
+def _umask() -> int:
+    from ddalign.io.outputs import umask
+
+    return umask()
+
+
+def _remove(path: Path) -> None:
+    """A folder, a file or a link, gone (a replaced output's backup)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
 
 
 def _fsync_file(path: Path) -> None:
@@ -577,16 +592,20 @@ def write_checkpoint(out_dir, specs: Sequence[TensorSpec], produce: Producer, *,
             for item in source.iterdir():
                 if item.is_file() and not _is_weight_file(item) and not item.name.startswith("."):
                     shutil.copy2(item, tmp / item.name)
+        from ddalign.io.outputs import apply_umask, record_written
+
+        record_written(tmp, [item.name for item in tmp.iterdir()])
         for item in tmp.iterdir():
             if item.name not in names:
                 _fsync_file(item)
         _fsync_dir(tmp)                        # the shards' names, renamed in without a sync
-        if out.exists():
+        apply_umask(tmp, folder=True)          # mkdtemp made it 0700
+        if out.exists() or out.is_symlink():
             backup = out.with_name(f".{out.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
+            _remove(backup)
             os.replace(out, backup)
             os.replace(tmp, out)
-            shutil.rmtree(backup, ignore_errors=True)
+            _remove(backup)
         else:
             os.replace(tmp, out)
         _fsync_dir(out.parent)

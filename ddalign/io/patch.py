@@ -36,6 +36,15 @@ class PatchEntry:
     slice: TensorSlice
     _values: torch.Tensor | None = None
     _load: Callable[[], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    # payload checks (ddalign.io.verify): the stored key, its shape in the file and the manifest's
+    # sha256 of its bytes; a sub-block cut from a stored entry points to it (`origin`), so that a
+    # stored entry is checked once however many patches are cut from it
+    key: str | None = field(default=None, repr=False, compare=False)
+    stored_shape: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+    expected: str | None = field(default=None, repr=False, compare=False)
+    origin: "PatchEntry | None" = field(default=None, repr=False, compare=False)
+    checked: bool = field(default=False, repr=False, compare=False)
+    allow_nonfinite: bool = field(default=False, repr=False, compare=False)   # the aligned model had NaN/inf here
 
     @property
     def values(self) -> torch.Tensor:
@@ -89,12 +98,17 @@ class Patch:
         if manifest.get("format") != FORMAT:
             raise DdalignError(f"{path}: manifest format {manifest.get('format')!r}, expected {FORMAT!r}")
         entries = []
+        from ddalign.io.verify import expected_digests
+
         for comp, info in manifest["components"].items():
             slices = [TensorSlice.from_list(s) for s in info["slices"]]
-            for key, s in zip(_keys(comp, slices), slices):
+            digests = expected_digests(manifest, comp, slices)
+            for key, s, digest in zip(_keys(comp, slices), slices, digests):
                 if key not in stored:
                     raise DdalignError(f"{path}: manifest names tensor {key!r}, missing from the file")
-                entries.append(PatchEntry(comp, s, _load=partial(stored.get, key)))
+                entries.append(PatchEntry(comp, s, _load=partial(stored.get, key), key=key,
+                                          stored_shape=stored.info(key).shape, expected=digest,
+                                          allow_nonfinite=bool(info.get("aligned_nonfinite"))))
         patch = cls(entries, manifest, path)
         patch.hub = hub
         return patch
@@ -111,8 +125,12 @@ class Patch:
                 values[key] = e.values
                 specs.append(TensorSpec(key, tuple(e.values.shape), dtype_code(e.values.dtype)))
         manifest = dict(self.manifest)
+        from ddalign.io.verify import payload_digest
+
         manifest["components"] = {c: {**manifest.get("components", {}).get(c, {}),
-                                      "slices": [e.slice.as_list() for e in es]} for c, es in by_comp.items()}
+                                      "slices": [e.slice.as_list() for e in es],
+                                      "sha256": [payload_digest(e.values) for e in es]}
+                                  for c, es in by_comp.items()}
         write_safetensors(path, specs, lambda k: values[k], metadata={META_KEY: json.dumps(manifest)})
         self.manifest, self.path = manifest, path
         return path
@@ -176,7 +194,7 @@ class Patch:
                 if source is None:
                     raise DdalignError(f"patch {self.path or ''}: component {name} ({want.tensor}) is not "
                                        f"inside any stored component ({', '.join(stored[:6])}...)")
-                entries.append(PatchEntry(name, want, _sub(source, want)))
+                entries.append(PatchEntry(name, want, _sub(source, want), origin=source.origin or source))
             manifest_comps[name] = {"slices": [w.as_list() for w in wanted],
                                     "params": sum(int(_sub_numel(arch, w)) for w in wanted),
                                     "parent": next((s for s in parents if arch.covers(s, name)), None)}
@@ -203,6 +221,9 @@ def select_components(patch: Patch, patterns: str | Iterable[str] | None) -> lis
     if patterns is None:
         return patch.components()
     items = [p.strip() for p in (patterns.split(",") if isinstance(patterns, str) else patterns) if p.strip()]
+    if not items:
+        raise DdalignError(f"--components {patterns if isinstance(patterns, str) else ''!r}: names no component; "
+                           f"leave it out to apply every component of the patch")
     out: list[str] = []
     for item in items:
         hits = [c for c in patch.components() if fnmatch.fnmatchcase(c, item)]

@@ -88,25 +88,32 @@ def load(preset: str = "standard") -> Organism:
 
 def build(preset: str = "standard", *, out=None, force: bool = False, progress: bool = True) -> Organism:
     """Build the trio (and the planted sibling) once; later calls return the cached folders at once."""
+    from ddalign.io.outputs import apply_umask, check_not_input, check_replaceable, output_lock
+
     p = get_preset(preset)
     root = Path(out) if out is not None else default_root(p)
     if (root / "organism.json").exists() and not force:
         return Organism.from_root(root)
+    # only an organism folder (or an empty one) is ever replaced: --out names a folder of its own
+    check_not_input(root, {})
+    check_replaceable(root, kind="organism", overwrite=True)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     threads = torch.get_num_threads()
-    torch.set_num_threads(p.threads)
-    try:
-        with _progress(progress) as bar:
-            _build_into(tmp, p, bar)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        torch.set_num_threads(threads)
+    with output_lock(root):              # one build per folder; clears a killed build's temporaries
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+        torch.set_num_threads(p.threads)
+        try:
+            with _progress(progress) as bar:
+                _build_into(tmp, p, bar)
+            apply_umask(tmp, folder=True)
+            if root.exists():
+                shutil.rmtree(root)
+            os.replace(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            torch.set_num_threads(threads)
     return Organism.from_root(root)
 
 

@@ -60,6 +60,9 @@ def _slices_overlap(a, b) -> bool:
 
 
 def _prepare(folder: Path, overwrite: bool) -> None:
+    from ddalign.io.outputs import check_not_input
+
+    check_not_input(folder, {}, role="--out")          # never the current folder or one holding it
     if folder.exists():
         if not (folder / MARKER).exists() and any(folder.iterdir()) and not overwrite:
             raise DdalignError(f"{folder}: exists and is not a ddalign demo folder; choose another --out "

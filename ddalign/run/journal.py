@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ddalign.errors import DdalignError
 
-RESUME_FIELDS = ("config", "bundle", "target")
+RESUME_FIELDS = ("config", "bundle", "target", "inputs")
 """Header fields that must match for a resume: the same search on the same inputs."""
 
 
@@ -36,7 +36,18 @@ class Journal:
             if not lines or lines[0].get("type") != "header":
                 raise DdalignError(f"{path}: expected a header line first")
             old = lines[0]
+            if "inputs" in header:
+                from ddalign.run.safety import changed_inputs
+
+                changed = changed_inputs(old.get("inputs"), header["inputs"])
+                if changed:
+                    why = ("the journal records no input fingerprints (an older version wrote it)"
+                           if not isinstance(old.get("inputs"), dict) else
+                           "changed since the journal was written: " + ", ".join(changed))
+                    raise DdalignError(f"{path}: cannot resume: {why}; start again with --overwrite")
             for key in RESUME_FIELDS:
+                if key == "inputs" and "inputs" not in header:
+                    continue
                 if _canonical(old.get(key)) != _canonical(header.get(key)):
                     raise DdalignError(f"{path}: cannot resume: the run's {key} differs from the journal's "
                                        f"({_first_difference(old.get(key), header.get(key))})")
@@ -58,8 +69,10 @@ class Journal:
         os.fsync(self._handle.fileno())
         self.lines.append(line)
 
-    def append_test(self, *, n: int, level: str, subset: list[str], verdict: str, metrics: dict | None = None,
-                    cost: dict | None = None) -> None:
+    def append_test(self, *, n: int | None = None, level: str, subset: list[str], verdict: str,
+                    metrics: dict | None = None, cost: dict | None = None) -> None:
+        """`n` is the journal's own count (a resumed run continues it); the argument is ignored."""
+        n = len(self.tests()) + 1
         self._write({"type": "test", "n": n, "level": level, "subset": sorted(subset), "verdict": verdict,
                      "metrics": metrics or {}, "cost": cost or {}, "at": _now()})
 

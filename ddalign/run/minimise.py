@@ -43,5 +43,5 @@ def minimise(bundle: str | Path, target: str | Path, out: str | Path, *, config:
                     trust_remote_code=trust_remote_code, say=say)
     result, calibration = execute(plan, say, view)
     summary, minimal_patch, search_info = summarise(plan, result, calibration, say=say)
-    write_outputs(plan, summary, minimal_patch, search_info, report=report)
+    write_outputs(plan, summary, minimal_patch, search_info, report=report, say=say)
     return summary

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from ddalign import __version__
 from ddalign.errors import DdalignError
 from ddalign.io.atomic import write_json_atomic
+from ddalign.run.safety import input_fingerprints, prepare_run_dir, run_inputs
 from ddalign.run.units import SearchUnits
 from ddalign.settings import Settings
 
@@ -99,7 +100,7 @@ def plan_run(bundle: str | Path, target: str | Path, out: str | Path, settings: 
     paths = RunPaths.for_output(out)
     dist = Dist.from_env()
     if dist.is_main:
-        _check_output(paths, resume, overwrite)
+        _check_output(paths, resume, overwrite, run_inputs(bundle, target, settings.data))
     bundle_patch = Patch.load(bundle)
     arch = bundle_arch(bundle_patch)
     components = _select_layers(bundle_patch.components(), settings.search.layers, arch)
@@ -118,11 +119,13 @@ def plan_run(bundle: str | Path, target: str | Path, out: str | Path, settings: 
     effective = settings.to_dict()
     # the bundle by content (a moved bundle still resumes), the target by path
     header = {"config": effective, "bundle": {"sha256": _bundle_fingerprint(bundle_patch)},
-              "target": str(target), "started": _now(), "version": __version__}
+              "target": str(target), "started": _now(), "version": __version__,
+              "inputs": input_fingerprints(bundle_patch, target, search_sets, eval_sets, allow_pickle=allow_pickle)}
     journal, cache, calibration = None, {}, None
     if dist.is_main:
         from ddalign.run.journal import Journal
 
+        prepare_run_dir(paths, resume=resume, overwrite=overwrite)
         journal = Journal.open(paths.journal, header, resume=resume)
         cache = dict(journal.cache()) if resume else {}
         write_json_atomic(paths.config, {**effective, "bundle": str(bundle), "target": str(target)})
@@ -170,17 +173,11 @@ def _bundle_fingerprint(patch) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _check_output(paths: RunPaths, resume: bool, overwrite: bool) -> None:
-    if paths.patch.exists() and not overwrite:
-        raise DdalignError(f"{paths.patch}: output exists; pass --overwrite to replace it")
-    if paths.journal.exists() and not (resume or overwrite):
-        raise DdalignError(f"{paths.journal}: a journal of an earlier run exists; pass --resume to continue "
-                           f"it or --overwrite to start again")
-    if overwrite and not resume and paths.run_dir.exists():
-        import shutil
+def _check_output(paths: RunPaths, resume: bool, overwrite: bool, inputs: dict) -> None:
+    """Output rules (ddalign.run.safety); the run folder is made only once the inputs have loaded."""
+    from ddalign.run.safety import check_run_outputs
 
-        shutil.rmtree(paths.run_dir)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_outputs(paths, resume=resume, overwrite=overwrite, inputs=inputs)
 
 
 def _select_layers(components: Sequence[str], layers, arch) -> list[str]:

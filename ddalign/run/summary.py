@@ -92,7 +92,8 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
     full_patch = plan.bundle.restrict(components) if len(components) < len(plan.bundle.components()) else plan.bundle
     say(f"search done: {len(kept)} component(s) kept after {tests} oracle tests; measuring on held-out sets")
     g = settings.generation
-    gen = GenerationConfig(max_new_tokens=g.eval_max_new_tokens, batch_size=g.batch_size, template=g.template)
+    gen = GenerationConfig(max_new_tokens=g.eval_max_new_tokens, batch_size=g.batch_size, template=g.template,
+                           max_prompt_tokens=g.max_prompt_tokens)
     metrics = {}
     for name, patch in (("before", None), ("full", full_patch), ("minimal", minimal_patch)):
         record = evaluate_model(plan.model, tokenizer=plan.tokenizer, patch=patch,
@@ -135,14 +136,18 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
     return summary, minimal_patch, search_info
 
 
-def write_outputs(plan, summary: RunSummary, minimal_patch, search_info: dict, *, report: bool) -> None:
+def write_outputs(plan, summary: RunSummary, minimal_patch, search_info: dict, *, report: bool,
+                  say: Callable[[str], None] = lambda text: None) -> None:
     """The patch (with its search record), summary.json, the journal's result line and the report."""
     from ddalign.io.atomic import write_json_atomic
 
     if not plan.dist.is_main:
         return
     minimal_patch.manifest = {**minimal_patch.manifest, "kind": "patch", "search": search_info}
-    minimal_patch.save(plan.paths.patch)
+    from ddalign.io.outputs import output_lock
+
+    with output_lock(plan.paths.patch, say=say):      # clears a killed save's temporaries, says so
+        minimal_patch.save(plan.paths.patch)
     write_json_atomic(plan.paths.summary, summary.to_dict())
     plan.journal.append_result({"outcome": "minimal", "kept": summary.kept, "tests": summary.tests,
                                 "kept_params": summary.kept_params, "param_share": summary.param_share})

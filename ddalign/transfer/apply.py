@@ -3,6 +3,7 @@ and to a checkpoint folder (streamed, tensor by tensor; every other tensor byte-
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,6 +16,7 @@ from ddalign.architectures import ArchitectureMap, Component, TensorSlice
 from ddalign.errors import DdalignError
 from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_checkpoint, write_safetensors
 from ddalign.io.patch import Patch, PatchEntry, select_components, _sub
+from ddalign.io.verify import verify_patch
 from ddalign.transfer.modes import TRANSPLANT, resolve_mode, write_entries, write_entry
 
 
@@ -68,6 +70,7 @@ def _check_shape(param: torch.Tensor, entry: PatchEntry) -> None:
 def apply_patch(model, patch: Patch, *, mode: str | None = None) -> None:
     """Apply `patch` to a loaded transformers model, for good (in the patch's mode; `mode` must agree)."""
     mode = resolve_mode(patch, mode)
+    verify_patch(patch)
     table = _param_table(model)
     by_tensor: dict[str, list[PatchEntry]] = {}
     for e in patch.entries:
@@ -89,6 +92,7 @@ class InPlacePatcher:
     def __init__(self, model, patch: Patch, *, mode: str | None = None):
         self.model, self.patch = model, patch
         self.mode = resolve_mode(patch, mode)        # additive entries are summed over the kept originals
+        verify_patch(patch)                    # once: every later swap cuts from checked entries
         self.table = _param_table(model)
         self.originals: dict[str, torch.Tensor] = {}
         self.active: frozenset[str] = frozenset()
@@ -184,15 +188,21 @@ def check_compatible(patch: Patch, ck: Checkpoint) -> None:
 
 def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, allow_other_base: bool = False,
                     overwrite: bool = False, max_shard_size: str | int = "5GB",
-                    allow_pickle: bool = False, mode: str | None = None) -> ApplyReport:
-    """Write `target` with the patch applied to `out`, tensor by tensor; every other tensor byte-identical."""
+                    allow_pickle: bool = False, mode: str | None = None, overwrite_any: bool = False,
+                    say: Callable[[str], None] | None = None) -> ApplyReport:
+    """Write `target` with the patch applied to `out`, tensor by tensor; every other tensor byte-identical.
+
+    `out` is never an input or around one; an existing `out` is replaced with `overwrite` only when
+    it is a checkpoint folder ddalign wrote (`overwrite_any`: whatever it is). The patch's payload is
+    checked against its manifest before anything is written (ddalign.io.verify)."""
+    from ddalign.io.outputs import check_output, output_lock
+
+    patch_path = patch.path if isinstance(patch, Patch) else patch
+    check_output(out, {"target checkpoint": target, "patch": patch_path}, kind="checkpoint", overwrite=overwrite,
+                 overwrite_any=overwrite_any)
     if not isinstance(patch, Patch):
         patch = Patch.load(patch)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DdalignError(f"{out}: output folder exists; pass --overwrite to replace it")
-    if out.resolve() == Path(target).resolve():
-        raise DdalignError(f"{out}: the output would replace the input checkpoint")
+    out = Path(os.path.abspath(out))
     mode = resolve_mode(patch, mode)
     chosen = select_components(patch, components)
     if chosen != patch.components():
@@ -205,6 +215,7 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
 
         raise DdalignError(base_mismatch_text(patch, ck, target, differing, checked) + "; pass --allow-other-base "
                            "to apply it to another fine-tune of the same base")
+    verify_patch(patch, release=True)
     by_tensor: dict[str, list[PatchEntry]] = {}
     for e in patch.entries:
         by_tensor.setdefault(e.slice.tensor, []).append(e)
@@ -223,5 +234,7 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
         return tensor
 
     specs = [TensorSpec(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names()]
-    write_checkpoint(out, specs, produce, copy_from=ck.path, max_shard_size=max_shard_size, overwrite=overwrite)
+    with output_lock(out, say=say):
+        write_checkpoint(out, specs, produce, copy_from=ck.path, max_shard_size=max_shard_size,
+                         overwrite=overwrite or overwrite_any)
     return ApplyReport(out, patch.components(), len(by_tensor), differing, checked, mode)

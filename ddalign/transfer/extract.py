@@ -19,7 +19,7 @@ import torch
 from ddalign import __version__
 from ddalign.architectures import ArchitectureMap, format_layers, parse_layers
 from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_safetensors
-from ddalign.errors import DdalignError
+from ddalign.errors import DdalignError, DdalignWarning
 from ddalign.io.patch import FORMAT, META_KEY, Patch, _keys
 from ddalign.transfer.modes import ADD, DELTA_DTYPE, TRANSPLANT
 
@@ -65,7 +65,7 @@ class _Stats:
         norm_u, norm_a = math.sqrt(self.u2), math.sqrt(self.a2)
         delta = math.sqrt(self.diff2)
         added = {} if self.added2 is None else {"added_norm": math.sqrt(self.added2)}
-        return {"params": self.params, "delta_norm": delta, **added,
+        return {"params": self.params, "delta_norm": delta, **added, "aligned_nonfinite": not math.isfinite(self.a2),
                 "rel_delta": delta / norm_u if norm_u else (0.0 if delta == 0 else math.inf),
                 "cosine": self.dot / (norm_a * norm_u) if norm_a and norm_u else (1.0 if delta == 0 else 0.0)}
 
@@ -99,9 +99,18 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     (the difference of two bf16 values is exact in float32) and adding it back to P gives A
     exactly; the statistics stay those of A against the unaligned model.
     """
+    from ddalign.io.outputs import check_not_input
+
+    inputs = {"aligned model": aligned, "unaligned model": unaligned}
+    if base is not None:
+        inputs["base model"] = base
+    check_not_input(out, inputs)
+    if Path(aligned).resolve() == Path(unaligned).resolve():
+        raise DdalignError(f"{aligned}: given as both the aligned and the unaligned model; their delta is zero")
     a = Checkpoint.open(aligned, allow_pickle=allow_pickle)
     u = Checkpoint.open(unaligned, allow_pickle=allow_pickle)
     check_pair(a, u)
+    warn_model_types(a, u)
     p = Checkpoint.open(base, allow_pickle=allow_pickle) if base is not None else None
     if p is not None:
         check_pair(a, p)
@@ -113,11 +122,11 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     slices = {c: arch.resolve(c) for c in components}
     specs, plan = [], {}
     for comp in components:
-        for key, s in zip(_keys(comp, slices[comp]), slices[comp]):
+        for i, (key, s) in enumerate(zip(_keys(comp, slices[comp]), slices[comp])):
             dtype = dtype_code(DELTA_DTYPE) if p is not None else a.info(s.tensor).dtype
             spec = TensorSpec(key, s.shape(a.info(s.tensor).shape), dtype)
             specs.append(spec)
-            plan[key] = (comp, s)
+            plan[key] = (comp, s, i)
     stats = {c: _Stats() for c in components}
     tensors = list(dict.fromkeys(s.tensor for c in components for s in slices[c]))
     dtypes = sorted({a.info(t).dtype for t in tensors})
@@ -134,7 +143,9 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         "scope": scope, "layers": format_layers(layer_list), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
         "aligned": {"path": str(aligned), **_hub(a), "fingerprints": prints["aligned"]},
         "unaligned": {"path": str(unaligned), **_hub(u), "fingerprints": prints["unaligned"]},
-        "components": {c: {"slices": [s.as_list() for s in slices[c]]} for c in components},
+        # the sha256 of each stored slice, checked before any apply (ddalign.io.verify)
+        "components": {c: {"slices": [s.as_list() for s in slices[c]], "sha256": [PENDING] * len(slices[c])}
+                       for c in components},
     }
     if p is not None:
         manifest["base"] = {"path": str(base), **_hub(p), "fingerprints": prints["base"]}
@@ -173,7 +184,7 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         return current[tensor]
 
     def produce(key: str) -> torch.Tensor:
-        comp, s = plan[key]
+        comp, s, index = plan[key]
         va, vu, *vp = (s.take(t) for t in pair(s.tensor))
         counted = s.tensor not in arch.tied_copies       # a stored copy of a tied tensor: written, counted once
         if counted:
@@ -183,6 +194,8 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
             va = torch.sub(va.to(DELTA_DTYPE), vp[0].to(DELTA_DTYPE))
             if counted:
                 pending.append(summer.submit(stats[comp].add_delta, va))
+        # the digest of what is stored: the aligned values, or A - P for an additive bundle
+        pending.append(summer.submit(_record_digest, manifest["components"][comp]["sha256"], index, va))
         counts[comp] -= 1
         if counts[comp] == 0:
             done.add(comp)
@@ -195,12 +208,18 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         current.clear()
         for c in components:
             manifest["components"][c].update(stats[c].as_dict())
+        if all(stats[c].diff2 == 0 for c in components):   # raised before the rename: no bundle is left
+            raise DdalignError(f"{aligned} and {unaligned}: identical in every component of scope {scope!r} "
+                               f"(an all-zero delta); give the aligned and the unaligned sibling")
         return {META_KEY: _dumps(manifest)}
 
-    reserve = (160 if p is None else 200) * len(components) + 256       # the statistics, filled in at the end
+    reserve = (220 if p is None else 260) * len(components) + 256     # the statistics, filled in at the end
+    from ddalign.io.outputs import output_lock
+
     try:
-        write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
-                          reserve=reserve)
+        with output_lock(out):
+            write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
+                              reserve=reserve)
     finally:
         readers.shutdown(cancel_futures=True)
         summer.shutdown(cancel_futures=True)
@@ -214,6 +233,23 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
 def _hub(ck: Checkpoint) -> dict:
     """The manifest's record of a model given by Hub id: repository, revision and resolved commit."""
     return {"hub": ck.hub.provenance()} if ck.hub is not None else {}
+
+
+def _record_digest(digests: list, index: int, values: torch.Tensor) -> None:
+    from ddalign.io.verify import payload_digest
+
+    digests[index] = payload_digest(values)
+
+
+def warn_model_types(a: Checkpoint, u: Checkpoint) -> None:
+    """Same tensor names do not make siblings: a Mistral and a Llama share them. Warn when the
+    configs name different model types."""
+    import warnings
+
+    ta, tu = a.config.get("model_type"), u.config.get("model_type")
+    if ta and tu and ta != tu:
+        warnings.warn(f"{a.path} is a {ta} model, {u.path} a {tu} model: not siblings of one base; "
+                      f"the delta is not an alignment delta", DdalignWarning, stacklevel=3)
 
 
 def _dumps(manifest: dict) -> str:
@@ -270,6 +306,7 @@ def plot_heatmap(patch: Patch, path) -> Path:
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
