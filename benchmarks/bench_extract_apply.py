@@ -15,6 +15,7 @@ fsync: the floor of any job that writes a whole checkpoint), `extract` (scope ml
 from_pretrained, state dicts subtracted, the result saved). Goals: extract and apply peak RSS
 < 2 x the largest tensor + 500 MB; wall time within 1.5 x of reading their inputs once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,25 +107,45 @@ def make_checkpoint(path: Path, seed: int, layers: int) -> int:
 
     from ddalign.io.checkpoint import TensorSpec, write_checkpoint
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
-                         num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
-                         dtype="bfloat16")
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    )
     h, f, v = 2048, 5632, 32000
     shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes.update({p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (h, h),
-                       p + "self_attn.v_proj.weight": (h, h), p + "self_attn.o_proj.weight": (h, h),
-                       p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
-                       p + "mlp.down_proj.weight": (h, f), p + "input_layernorm.weight": (h,),
-                       p + "post_attention_layernorm.weight": (h,)})
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (h, h),
+                p + "self_attn.k_proj.weight": (h, h),
+                p + "self_attn.v_proj.weight": (h, h),
+                p + "self_attn.o_proj.weight": (h, h),
+                p + "mlp.gate_proj.weight": (f, h),
+                p + "mlp.up_proj.weight": (f, h),
+                p + "mlp.down_proj.weight": (h, f),
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+            }
+        )
     gen = torch.Generator().manual_seed(seed)
     specs = [TensorSpec(n, s, "BF16") for n, s in shapes.items()]
     staging = path.with_name(path.name + "-config")
     staging.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(staging)
-    write_checkpoint(path, specs, lambda n: (torch.randn(shapes[n], generator=gen) * 0.02).to(torch.bfloat16),
-                     copy_from=staging, max_shard_size="500MB")
+    write_checkpoint(
+        path,
+        specs,
+        lambda n: (torch.randn(shapes[n], generator=gen) * 0.02).to(torch.bfloat16),
+        copy_from=staging,
+        max_shard_size="500MB",
+    )
     shutil.rmtree(staging)
     return max(s.nbytes for s in specs)
 
@@ -137,8 +158,13 @@ def run(job: str, *args) -> tuple[float, float]:
     import psutil
 
     os.sync()
-    proc = subprocess.Popen([sys.executable, "-c", JOBS[job], *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", JOBS[job], *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     watch, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -186,6 +212,7 @@ def evict(*paths: Path) -> None:
 
 def measure(cache: str, n: int, a: Path, u: Path, bundle: Path, out: Path, naive: Path, copy: Path) -> dict:
     """Every job `n` times with its inputs warm in the page cache, or evicted before each run."""
+
     def before(*inputs: Path, clear: bool = False):
         def prepare():
             if clear:
@@ -194,7 +221,8 @@ def measure(cache: str, n: int, a: Path, u: Path, bundle: Path, out: Path, naive
             if cache == "cold":
                 evict(*inputs)
             else:
-                run("read", *inputs)                     # make sure they are in the page cache
+                run("read", *inputs)  # make sure they are in the page cache
+
         return prepare
 
     rows = {
@@ -214,8 +242,10 @@ def show(console, cache: str, rows: dict, size: int, bound: float, n: int) -> di
     """Print one table (and ratios); return its JSON."""
     from rich.table import Table
 
-    table = Table(title=f"{cache} inputs: extract / apply on a {size / 1e9:.2f} GB checkpoint pair, "
-                        f"median of {n} (RSS goal < {bound:.0f} MB)")
+    table = Table(
+        title=f"{cache} inputs: extract / apply on a {size / 1e9:.2f} GB checkpoint pair, "
+        f"median of {n} (RSS goal < {bound:.0f} MB)"
+    )
     for col in ("job", "seconds", "x reading its inputs once", "peak RSS MB (sampled)", "within RSS goal"):
         table.add_column(col, justify="left" if col == "job" else "right")
     for name, (sec, rss) in rows.items():
@@ -223,12 +253,19 @@ def show(console, cache: str, rows: dict, size: int, bound: float, n: int) -> di
         goal = ("yes" if rss < bound else "no") if name in (EXTRACT, APPLY) else ""
         table.add_row(name, f"{sec:.2f}", ratio, f"{rss:.0f}", goal)
     console.print(table)
-    console.print(f"{cache}: apply / copying the target once {rows[APPLY][0] / rows[COPY][0]:.2f}x; "
-                  f"naive / extract: time {rows[NAIVE][0] / rows[EXTRACT][0]:.2f}x, "
-                  f"peak RSS {rows[NAIVE][1] / max(rows[EXTRACT][1], 1):.2f}x")
-    return {k: {"seconds": v[0], "peak_rss_mb": v[1],
-                "x_reading_inputs_once": v[0] / rows[FLOORS[k]][0] if k in FLOORS else None}
-            for k, v in rows.items()}
+    console.print(
+        f"{cache}: apply / copying the target once {rows[APPLY][0] / rows[COPY][0]:.2f}x; "
+        f"naive / extract: time {rows[NAIVE][0] / rows[EXTRACT][0]:.2f}x, "
+        f"peak RSS {rows[NAIVE][1] / max(rows[EXTRACT][1], 1):.2f}x"
+    )
+    return {
+        k: {
+            "seconds": v[0],
+            "peak_rss_mb": v[1],
+            "x_reading_inputs_once": v[0] / rows[FLOORS[k]][0] if k in FLOORS else None,
+        }
+        for k, v in rows.items()
+    }
 
 
 def main(argv=None) -> None:
@@ -252,19 +289,29 @@ def main(argv=None) -> None:
     if not u.exists():
         make_checkpoint(u, 2, args.layers)
     ck = Checkpoint.open(a)
-    largest = max(ck.info(name).nbytes for name in ck.names())     # read off the checkpoint, kept or new
+    largest = max(ck.info(name).nbytes for name in ck.names())  # read off the checkpoint, kept or new
     size = sum(p.stat().st_size for p in a.glob("*.safetensors"))
-    console.print(f"checkpoints: 2 x {size / 1e9:.2f} GB bf16 in {work} ({time.perf_counter() - t:.0f} s to make); "
-                  f"largest tensor {largest / 1e6:.0f} MB")
+    console.print(
+        f"checkpoints: 2 x {size / 1e9:.2f} GB bf16 in {work} ({time.perf_counter() - t:.0f} s to make); "
+        f"largest tensor {largest / 1e6:.0f} MB"
+    )
     bundle, out, naive, copy = work / "bundle.safetensors", work / "patched", work / "naive.safetensors", work / "copy"
     n = args.repeat
     imports = repeated(n, "imports")
-    console.print(f"not timed below: imports (torch, ddalign, transformers' config classes) {imports[0]:.1f} s, "
-                  f"{imports[1]:.0f} MB, paid once per process")
+    console.print(
+        f"not timed below: imports (torch, ddalign, transformers' config classes) {imports[0]:.1f} s, "
+        f"{imports[1]:.0f} MB, paid once per process"
+    )
     bound = (2 * largest + 500e6) / 1e6
-    result = {"checkpoint_bytes": size, "largest_tensor_bytes": largest, "rss_goal_mb": bound, "repeat": n,
-              "imports": {"seconds": imports[0], "peak_rss_mb": imports[1]}, "caches": {}}
-    run("extract", a, u, bundle)                          # apply's input exists before any table
+    result = {
+        "checkpoint_bytes": size,
+        "largest_tensor_bytes": largest,
+        "rss_goal_mb": bound,
+        "repeat": n,
+        "imports": {"seconds": imports[0], "peak_rss_mb": imports[1]},
+        "caches": {},
+    }
+    run("extract", a, u, bundle)  # apply's input exists before any table
     for cache in ("warm", "cold"):
         if cache == "cold" and not hasattr(os, "posix_fadvise"):
             console.print("[yellow]cold inputs: posix_fadvise is missing here; skipped[/]")

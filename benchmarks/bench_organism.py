@@ -17,10 +17,12 @@ below) the DSR is measured there too (else "n/a").
 planted/); without it the organism of --preset is built (cached: returns at once when built).
 Prints rich tables and writes `organism-transplants.json` and `organism-transplants.md` to --out.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,13 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ddalign.architectures import Component  # noqa: E402
-from ddalign.transfer.extract import extract  # noqa: E402
 from ddalign.evaluate.generate import load_model  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
-from ddalign.organism.build import HELDOUT_SETS as HELDOUT, Organism, build  # noqa: E402
+from ddalign.organism.build import HELDOUT_SETS as HELDOUT  # noqa: E402
+from ddalign.organism.build import Organism, build
 from ddalign.run.tables import format_metric  # noqa: E402
+from ddalign.transfer.extract import extract  # noqa: E402
 
-ADVBENCH = ROOT.parent / "shared" / "data" / "advbench" / "harmful_behaviors.csv"
+# AdvBench as published, from a local copy of the public sets (DDALIGN_PUBLIC_DATA), when one is given
+ADVBENCH = Path(os.environ.get("DDALIGN_PUBLIC_DATA", "/nonexistent")) / "advbench" / "harmful_behaviors.csv"
 COLUMNS = ("transplant", "DSR [95% CI]", "over-refusal", "perplexity", "benign accuracy", "% params", "AdvBench DSR")
 console = Console()
 
@@ -61,8 +65,9 @@ def transplant_rows(stored: list[str], num_layers: int, planted: list[str]) -> l
     rows.append(("norms", [c for c in stored if "norm" in c]))
     rows += [(f"L{i}.mlp", [f"L{i}.mlp"]) for i in layers]
     rows.append((f"planted set ({', '.join(planted)})", planted))
-    rows += [(label, [name]) for label, name in (("embeddings", "embed"), ("output layer (head)", "head"))
-             if name in stored]
+    rows += [
+        (label, [name]) for label, name in (("embeddings", "embed"), ("output layer (head)", "head")) if name in stored
+    ]
     rows.append(("everything", None))
     return rows
 
@@ -82,19 +87,33 @@ def sibling_table(organism: Organism, sibling: str, work: Path, target) -> list[
     arch = bundle.architecture()
     total = arch.total_params()
     planted = [str(Component.parse(c)) for c in organism.planted_components]
-    out = [{"transplant": f"aligned sibling ({sibling}, no patch)", "components": None, "params": None,
-            "param_share": None, "metrics": measure(str(aligned), None, None)}]
+    out = [
+        {
+            "transplant": f"aligned sibling ({sibling}, no patch)",
+            "components": None,
+            "params": None,
+            "param_share": None,
+            "metrics": measure(str(aligned), None, None),
+        }
+    ]
     for label, components in transplant_rows(bundle.components(), arch.num_layers, planted):
         started = time.perf_counter()
         if components is None:
-            patch = bundle                      # everything
+            patch = bundle  # everything
         elif components:
             patch = bundle.restrict(components)
         else:
-            patch = None                        # nothing: the unaligned sibling as it is
+            patch = None  # nothing: the unaligned sibling as it is
         params = patch.params() if patch is not None else 0
-        out.append({"transplant": label, "components": "all" if components is None else components,
-                    "params": params, "param_share": params / total, "metrics": measure(*target, patch)})
+        out.append(
+            {
+                "transplant": label,
+                "components": "all" if components is None else components,
+                "params": params,
+                "param_share": params / total,
+                "metrics": measure(*target, patch),
+            }
+        )
         console.log(f"{sibling}: {label} ({time.perf_counter() - started:.0f} s)")
     return out
 
@@ -102,10 +121,15 @@ def sibling_table(organism: Organism, sibling: str, work: Path, target) -> list[
 def cells(row: dict) -> list[str]:
     m = row["metrics"]
     share = row["param_share"]
-    return [row["transplant"], format_metric("dsr", m.get("dsr")), format_metric("over_refusal", m.get("over_refusal")),
-            format_metric("perplexity", m.get("perplexity")), format_metric("benign_accuracy", m.get("benign_accuracy")),
-            "-" if share is None else f"{100 * share:.2f}",
-            format_metric("dsr", m["advbench_dsr"]) if "advbench_dsr" in m else "n/a"]
+    return [
+        row["transplant"],
+        format_metric("dsr", m.get("dsr")),
+        format_metric("over_refusal", m.get("over_refusal")),
+        format_metric("perplexity", m.get("perplexity")),
+        format_metric("benign_accuracy", m.get("benign_accuracy")),
+        "-" if share is None else f"{100 * share:.2f}",
+        format_metric("dsr", m["advbench_dsr"]) if "advbench_dsr" in m else "n/a",
+    ]
 
 
 def rich_table(sibling: str, rows: list[dict]) -> Table:
@@ -138,15 +162,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     organism = Organism.from_root(Path(args.root)) if args.root else build(args.preset)
     started = time.perf_counter()
-    target = load_model(organism.unaligned)     # loaded once; every patch is applied and reverted in memory
+    target = load_model(organism.unaligned)  # loaded once; every patch is applied and reverted in memory
     siblings = {}
     with tempfile.TemporaryDirectory(prefix="ddalign-bench-") as tmp:
         for sibling in ("natural", "planted"):
             siblings[sibling] = sibling_table(organism, sibling, Path(tmp), target)
             console.print(rich_table(sibling, siblings[sibling]))
-    record = {"preset": organism.preset, "organism": str(organism.root), "threads": args.threads,
-              "advbench": str(ADVBENCH) if ADVBENCH.exists() else None,
-              "seconds": round(time.perf_counter() - started, 1), "siblings": siblings}
+    record = {
+        "preset": organism.preset,
+        "organism": str(organism.root),
+        "threads": args.threads,
+        "advbench": str(ADVBENCH) if ADVBENCH.exists() else None,
+        "seconds": round(time.perf_counter() - started, 1),
+        "siblings": siblings,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "organism-transplants.json").write_text(json.dumps(record, indent=2, default=str))

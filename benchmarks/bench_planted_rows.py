@@ -21,6 +21,7 @@ seeds) and costs 2-4 minutes on 2 cores.
 Prints a rich table and writes `planted-rows.json` and `planted-rows.md` to --out; --from-json
 rewrites the tables from a saved JSON without training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ddalign.io.checkpoint import Checkpoint  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
+from ddalign.io.checkpoint import Checkpoint  # noqa: E402
 from ddalign.organism import corpus  # noqa: E402
 from ddalign.organism.build import HELDOUT_SETS, Organism, build  # noqa: E402
 from ddalign.organism.presets import get_preset  # noqa: E402
@@ -53,12 +54,12 @@ console = Console()
 class Variant:
     name: str
     layers: tuple[int, ...]
-    modules: tuple[str, ...]          # FFN projections: gate, up
-    rows: tuple[int, int] | None      # trained row range of each tensor; None: the top_blocks rule
+    modules: tuple[str, ...]  # FFN projections: gate, up
+    rows: tuple[int, int] | None  # trained row range of each tensor; None: the top_blocks rule
     lr: float
     steps: int
     contrast_repeat: int = 2
-    top_blocks: int = 0               # keep recipe 9's k largest 64-row blocks (by delta norm) and retrain them
+    top_blocks: int = 0  # keep recipe 9's k largest 64-row blocks (by delta norm) and retrain them
 
     @property
     def tensors(self) -> list[str]:
@@ -71,10 +72,18 @@ VARIANTS = [
     Variant("L2-3 gate+up rows 192-255, lr 2e-2, 1000 steps", (2, 3), ("gate", "up"), (192, 256), 2e-2, 1000),
     Variant("L2-3 gate rows 128-255, lr 2e-2", (2, 3), ("gate",), (128, 256), 2e-2, 600),
     Variant("L2-4 gate+up rows 192-255, lr 2e-2", (2, 3, 4), ("gate", "up"), (192, 256), 2e-2, 600),
-    Variant("L2-4 gate+up rows 192-255, lr 2e-2, safety data x4", (2, 3, 4), ("gate", "up"), (192, 256), 2e-2,
-            600, contrast_repeat=4),
-    Variant("recipe 9's 7 largest 64-row blocks, retrained 300 steps", (2, 3), ("gate", "up"), None, 8e-3, 300,
-            top_blocks=7),
+    Variant(
+        "L2-4 gate+up rows 192-255, lr 2e-2, safety data x4",
+        (2, 3, 4),
+        ("gate", "up"),
+        (192, 256),
+        2e-2,
+        600,
+        contrast_repeat=4,
+    ),
+    Variant(
+        "recipe 9's 7 largest 64-row blocks, retrained 300 steps", (2, 3), ("gate", "up"), None, 8e-3, 300, top_blocks=7
+    ),
 ]
 BLOCK = 64
 
@@ -84,14 +93,14 @@ def _row_masks(variant: Variant, base: dict, planted) -> dict[str, torch.Tensor]
     masks = {n: torch.zeros(base[n].shape[0], 1) for n in variant.tensors}
     if variant.rows is not None:
         for m in masks.values():
-            m[variant.rows[0]:variant.rows[1]] = 1
+            m[variant.rows[0] : variant.rows[1]] = 1
         return masks
     norms = []
     for n in variant.tensors:
         delta = planted.get_parameter(n).detach() - base[n]
-        norms += [(float(delta[b:b + BLOCK].norm()), n, b) for b in range(0, delta.shape[0], BLOCK)]
-    for _, n, b in sorted(norms, reverse=True)[:variant.top_blocks]:
-        masks[n][b:b + BLOCK] = 1
+        norms += [(float(delta[b : b + BLOCK].norm()), n, b) for b in range(0, delta.shape[0], BLOCK)]
+    for _, n, b in sorted(norms, reverse=True)[: variant.top_blocks]:
+        masks[n][b : b + BLOCK] = 1
     return masks
 
 
@@ -100,7 +109,7 @@ def run_variant(org: Organism, variant: Variant) -> dict:
 
     preset = get_preset(org.preset)
     tokenizer = AutoTokenizer.from_pretrained(org.base)
-    with Checkpoint.open(org.base) as ck:           # only the tensors the variant touches
+    with Checkpoint.open(org.base) as ck:  # only the tensors the variant touches
         base = {n: ck.get(n) for n in {*preset.planted_tensors, *variant.tensors}}
     host = AutoModelForCausalLM.from_pretrained(org.planted)
     unaligned = AutoModelForCausalLM.from_pretrained(org.unaligned)
@@ -119,11 +128,22 @@ def run_variant(org: Organism, variant: Variant) -> dict:
                 approximated.append(n)
     share_parameters(host, unaligned, variant.tensors)
     hooks = [host.get_parameter(n).register_hook(lambda g, m=masks[n]: g * m) for n in variant.tensors]
-    items = corpus.aligned(dataclasses.replace(preset, contrast_repeat=variant.contrast_repeat),
-                           random.Random(preset.seed + 3))
+    items = corpus.aligned(
+        dataclasses.replace(preset, contrast_repeat=variant.contrast_repeat), random.Random(preset.seed + 3)
+    )
     t0 = time.perf_counter()
-    train(host, tokenizer, items, steps=variant.steps, lr=variant.lr, batch_size=preset.batch_size,
-          seed=preset.seed + 1, mask_prompt=True, trainable=variant.tensors, contexts=[unaligned])
+    train(
+        host,
+        tokenizer,
+        items,
+        steps=variant.steps,
+        lr=variant.lr,
+        batch_size=preset.batch_size,
+        seed=preset.seed + 1,
+        mask_prompt=True,
+        trainable=variant.tensors,
+        contexts=[unaligned],
+    )
     seconds = time.perf_counter() - t0
     for h in hooks:
         h.remove()
@@ -133,8 +153,12 @@ def run_variant(org: Organism, variant: Variant) -> dict:
         assert bool((rows <= masks[n].squeeze(1).bool()).all()), f"{n}: rows outside the mask changed"
         changed += int(rows.sum()) * base[n].shape[1]
     total = sum(t.numel() for t in host.parameters())
-    out = {"variant": dataclasses.asdict(variant), "train_seconds": round(seconds, 1),
-           "params_share": changed / total, "unaligned_approximated": approximated}
+    out = {
+        "variant": dataclasses.asdict(variant),
+        "train_seconds": round(seconds, 1),
+        "params_share": changed / total,
+        "unaligned_approximated": approximated,
+    }
     for label, model in (("planted", host), ("transplant", unaligned)):
         out[label] = evaluate_model(model, tokenizer=tokenizer, **HELDOUT_SETS).to_dict()["metrics"]
     return out
@@ -154,8 +178,16 @@ def goals(row: dict, unaligned: dict) -> str:
     return "met" if not misses else "misses " + ", ".join(misses)
 
 
-COLUMNS = ("planted rows", "% params", "planted DSR", "planted over-refusal", "transplant DSR",
-           "transplant over-refusal", "transplant ppl", "organism goals")
+COLUMNS = (
+    "planted rows",
+    "% params",
+    "planted DSR",
+    "planted over-refusal",
+    "transplant DSR",
+    "transplant over-refusal",
+    "transplant ppl",
+    "organism goals",
+)
 
 
 def table_rows(org: Organism, results: list[dict]) -> list[list[str]]:
@@ -164,19 +196,30 @@ def table_rows(org: Organism, results: list[dict]) -> list[list[str]]:
     preset = get_preset(org.preset)
     planted = len(preset.planted_components) * preset.intermediate_size * preset.hidden_size
     planted_share = planted / json.loads((org.root / "organism.json").read_text())["params"]
-    rows = [["recipe 9: every row of L2-3 gate+up (the organism)", f"{100 * planted_share:.2f}",
-             *_metric_cells(recipe9), goals(recipe9, m["unaligned"])]]
+    rows = [
+        [
+            "recipe 9: every row of L2-3 gate+up (the organism)",
+            f"{100 * planted_share:.2f}",
+            *_metric_cells(recipe9),
+            goals(recipe9, m["unaligned"]),
+        ]
+    ]
     for r in results:
         mark = " *" if r["unaligned_approximated"] else ""
-        rows.append([r["variant"]["name"] + mark, f"{100 * r['params_share']:.2f}", *_metric_cells(r),
-                     goals(r, m["unaligned"])])
+        rows.append(
+            [r["variant"]["name"] + mark, f"{100 * r['params_share']:.2f}", *_metric_cells(r), goals(r, m["unaligned"])]
+        )
     return rows
 
 
 def _metric_cells(r: dict) -> list[str]:
-    return [f"{r['planted']['dsr']['value']:.3f}", f"{r['planted']['over_refusal']['value']:.3f}",
-            f"{r['transplant']['dsr']['value']:.3f}", f"{r['transplant']['over_refusal']['value']:.3f}",
-            f"{r['transplant']['perplexity']['value']:.3f}"]
+    return [
+        f"{r['planted']['dsr']['value']:.3f}",
+        f"{r['planted']['over_refusal']['value']:.3f}",
+        f"{r['transplant']['dsr']['value']:.3f}",
+        f"{r['transplant']['over_refusal']['value']:.3f}",
+        f"{r['transplant']['perplexity']['value']:.3f}",
+    ]
 
 
 def write_results(org: Organism, results: list[dict], out: Path) -> None:
@@ -189,16 +232,22 @@ def write_results(org: Organism, results: list[dict], out: Path) -> None:
     console.print(table)
     out.mkdir(parents=True, exist_ok=True)
     unaligned = org.metrics["unaligned"]
-    (out / "planted-rows.json").write_text(json.dumps(
-        {"organism": str(org.root), "unaligned": unaligned, "results": results}, indent=2))
-    lines = [f"# Row-restricted planted training ({org.root.name})", "",
-             f"Held-out sets; unaligned sibling: DSR {unaligned['dsr']['value']:.3f}, over-refusal "
-             f"{unaligned['over_refusal']['value']:.3f}, perplexity {unaligned['perplexity']['value']:.3f}. "
-             "Share of the model's parameters = rows the variant changed. The organism's goals: planted DSR >= 0.95, "
-             "planted over-refusal at most 0.10 above the unaligned sibling's, transplant DSR >= 0.9. "
-             "* = tensors outside recipe 9's planted set reset to the base's in the unaligned sibling "
-             "(a rebuild would freeze them in its tuning).", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    (out / "planted-rows.json").write_text(
+        json.dumps({"organism": str(org.root), "unaligned": unaligned, "results": results}, indent=2)
+    )
+    lines = [
+        f"# Row-restricted planted training ({org.root.name})",
+        "",
+        f"Held-out sets; unaligned sibling: DSR {unaligned['dsr']['value']:.3f}, over-refusal "
+        f"{unaligned['over_refusal']['value']:.3f}, perplexity {unaligned['perplexity']['value']:.3f}. "
+        "Share of the model's parameters = rows the variant changed. The organism's goals: planted DSR >= 0.95, "
+        "planted over-refusal at most 0.10 above the unaligned sibling's, transplant DSR >= 0.9. "
+        "* = tensors outside recipe 9's planted set reset to the base's in the unaligned sibling "
+        "(a rebuild would freeze them in its tuning).",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     (out / "planted-rows.md").write_text("\n".join(lines) + "\n")
 

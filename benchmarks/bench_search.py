@@ -26,6 +26,7 @@ A run that exceeds --cap-tests oracle calls or --cap-seconds is stopped and show
     python benchmarks/bench_search.py [--sizes 64,256,1024] [--needed 1,4,16]
         [--oracles monotone,mono-spread,poisoned,threshold] [--cap-tests 20000] [--cap-seconds 60]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ from rich.table import Table  # noqa: E402
 
 from ddalign.search import Verdict, ddmin, hierarchical, is_one_minimal, probdd  # noqa: E402
 
-SHAPES = {64: (4, 4, 4), 256: (8, 4, 8), 1024: (16, 8, 8)}   # layers, modules, blocks
+SHAPES = {64: (4, 4, 4), 256: (8, 4, 8), 1024: (16, 8, 8)}  # layers, modules, blocks
 ORACLES = ("monotone", "mono-spread", "poisoned", "threshold")
 
 
@@ -60,8 +61,8 @@ class Case:
     m: int
     kind: str
     shape: tuple[int, int, int]
-    oracle: object          # leaves (list of ints) -> Verdict
-    prior: dict             # unit -> weight, for leaves, modules and layers
+    oracle: object  # leaves (list of ints) -> Verdict
+    prior: dict  # unit -> weight, for leaves, modules and layers
     monotone: bool
     needed: frozenset = frozenset()
 
@@ -84,6 +85,7 @@ class Case:
                 else:
                     out.extend(x for j in range(modules) for x in leaves[("M", u[1], j)])
             return out
+
         return top, expanders, concrete
 
 
@@ -99,6 +101,7 @@ def make_case(n: int, m: int, kind: str, seed: int) -> Case:
         needed = set(rng.sample(pool, m))
     others = [x for x in range(n) if x not in needed]
     if kind in ("monotone", "mono-spread"):
+
         def oracle(s):
             return Verdict.PASS if needed <= set(s) else Verdict.FAIL
     elif kind == "poisoned":
@@ -117,9 +120,18 @@ def make_case(n: int, m: int, kind: str, seed: int) -> Case:
 
         def oracle(s):
             return Verdict.PASS if sum(weights[x] for x in s) >= m - 0.25 else Verdict.FAIL
+
     prior = {x: rng.lognormvariate(0, 0.5) * (2.0 if x in needed else 1.0) for x in range(n)}
-    return Case(n, m, kind, SHAPES[n], oracle, _with_units(prior, SHAPES[n]),
-                kind in ("monotone", "mono-spread"), frozenset(needed))
+    return Case(
+        n,
+        m,
+        kind,
+        SHAPES[n],
+        oracle,
+        _with_units(prior, SHAPES[n]),
+        kind in ("monotone", "mono-spread"),
+        frozenset(needed),
+    )
 
 
 def _with_units(prior: dict, shape: tuple[int, int, int]) -> dict:
@@ -170,13 +182,14 @@ def run_picire(items, test):
         warnings.simplefilter("ignore")
         import picire
     # picire's FAIL is the "interesting" outcome: our PASS.
-    return picire.DD(lambda config, config_id: picire.Outcome.FAIL
-                     if test(list(config)) is Verdict.PASS else picire.Outcome.PASS)(list(items))
+    return picire.DD(
+        lambda config, config_id: picire.Outcome.FAIL if test(list(config)) is Verdict.PASS else picire.Outcome.PASS
+    )(list(items))
 
 
 @dataclass
 class Outcome:
-    tests: int | None           # None: capped
+    tests: int | None  # None: capped
     seconds: float
     size: int | None
     ok: bool
@@ -185,8 +198,7 @@ class Outcome:
 def measure(name: str, case: Case, cap_tests: int, cap_seconds: float) -> Outcome:
     items = list(range(case.n))
     top, expanders, concrete = case.units()
-    budget = Budget(case.oracle, cap_tests, cap_seconds,
-                    concrete if name.startswith("hier") else None)
+    budget = Budget(case.oracle, cap_tests, cap_seconds, concrete if name.startswith("hier") else None)
     start = time.perf_counter()
     try:
         if name == "ddmin":
@@ -198,10 +210,16 @@ def measure(name: str, case: Case, cap_tests: int, cap_seconds: float) -> Outcom
         elif name == "probdd+prior":
             minimal = probdd(items, budget, prior=case.prior).minimal
         else:
-            minimal = concrete(hierarchical(
-                top, budget, expanders=expanders, prior=case.prior,
-                assume_monotone=name == "hier+mono",
-                key=lambda units: frozenset(concrete(units))).minimal)
+            minimal = concrete(
+                hierarchical(
+                    top,
+                    budget,
+                    expanders=expanders,
+                    prior=case.prior,
+                    assume_monotone=name == "hier+mono",
+                    key=lambda units: frozenset(concrete(units)),
+                ).minimal
+            )
     except Capped:
         return Outcome(None, time.perf_counter() - start, None, True)
     seconds = time.perf_counter() - start
@@ -217,7 +235,7 @@ def picire_available() -> bool:
             warnings.simplefilter("ignore")
             import picire  # noqa: F401
         return True
-    except Exception:   # picire imports pkg_resources, which setuptools 81 and newer no longer ship
+    except Exception:  # picire imports pkg_resources, which setuptools 81 and newer no longer ship
         return False
 
 
@@ -238,8 +256,7 @@ def main() -> None:
             parser.error(f"--oracles: unknown {k!r}; expected some of {', '.join(ORACLES)}")
     algorithms = [a for a in ALGORITHMS if a != "picire" or picire_available()]
     console = Console(width=max(Console().width, 150))
-    table = Table(title="oracle tests (ratio to ddmin) / result size; * = not 1-minimal",
-                  show_lines=False)
+    table = Table(title="oracle tests (ratio to ddmin) / result size; * = not 1-minimal", show_lines=False)
     for col in ("n", "m", "oracle"):
         table.add_column(col, justify="right" if col != "oracle" else "left")
     for a in algorithms:
@@ -275,7 +292,9 @@ def main() -> None:
                     cells.append(f"{out.tests}{ratio} /{out.size}{mark}")
                 table.add_row(str(n), str(m), kind, *cells)
                 for pk in PRIORS if base else ():
-                    worse = dataclasses.replace(case, prior=worse_prior(case, pk, zlib.crc32(f"{pk}/{n}/{m}/{kind}".encode())))
+                    worse = dataclasses.replace(
+                        case, prior=worse_prior(case, pk, zlib.crc32(f"{pk}/{n}/{m}/{kind}".encode()))
+                    )
                     for a in ("probdd+prior", "hier"):
                         out = measure(a, worse, args.cap_tests, args.cap_seconds)
                         if out.tests is not None:
@@ -284,17 +303,21 @@ def main() -> None:
                 console.print(f"[dim]done n={n} m={m} {kind}[/dim]")
     console.print(table)
     summary = Table(title="summary over the rows where ddmin finished")
-    for col in ("algorithm", "geo-mean ratio", "rows <= 0.5", "rows", "tests", "algorithm s",
-                "us per test"):
+    for col in ("algorithm", "geo-mean ratio", "rows <= 0.5", "rows", "tests", "algorithm s", "us per test"):
         summary.add_column(col, justify="right")
     for a in algorithms:
         r = ratios[a]
         geo = math.exp(sum(math.log(x) for x in r) / len(r)) if r else float("nan")
         per = 1e6 * seconds[a] / calls[a] if calls[a] else float("nan")
-        summary.add_row(a, "1.00" if a == "ddmin" else f"{geo:.2f}",
-                        "-" if a == "ddmin" else str(sum(1 for x in r if x <= 0.5)),
-                        "-" if a == "ddmin" else str(len(r)), str(calls[a]),
-                        f"{seconds[a]:.1f}", f"{per:.0f}")
+        summary.add_row(
+            a,
+            "1.00" if a == "ddmin" else f"{geo:.2f}",
+            "-" if a == "ddmin" else str(sum(1 for x in r if x <= 0.5)),
+            "-" if a == "ddmin" else str(len(r)),
+            str(calls[a]),
+            f"{seconds[a]:.1f}",
+            f"{per:.0f}",
+        )
     console.print(summary)
     quality = Table(title="the prior's quality: geo-mean ratio to ddmin (rows)")
     for col in ("prior", "probdd+prior", "hier"):
@@ -303,8 +326,10 @@ def main() -> None:
     for pk in PRIORS:
         quality.add_row(pk, *(_geo(by_prior[pk, a]) for a in ("probdd+prior", "hier")))
     console.print(quality)
-    console.print("wall times include the synthetic oracle (microseconds a call): they measure "
-                  "each algorithm's own overhead, not a model's evaluation time.")
+    console.print(
+        "wall times include the synthetic oracle (microseconds a call): they measure "
+        "each algorithm's own overhead, not a model's evaluation time."
+    )
 
 
 def _geo(r: list[float]) -> str:

@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -125,7 +124,9 @@ def main() -> None:
     console.print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "threads.json").write_text(json.dumps({"cores": os.cpu_count(), "steps": args.steps, "rows": rows}, indent=2))
+    (out / "threads.json").write_text(
+        json.dumps({"cores": os.cpu_count(), "steps": args.steps, "rows": rows}, indent=2)
+    )
     (out / "threads.md").write_text("\n".join(lines) + "\n")
     console.print(f"written: {out / 'threads.md'}")
 

@@ -1,4 +1,5 @@
 """ddalign: minimal alignment transplants found by delta debugging (DAPA, arXiv 2406.01514)."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
 """The `ddalign` command line: thin click commands over the library API; no logic of its own."""
+
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 
@@ -13,7 +15,7 @@ from ddalign.errors import DdalignError, DdalignWarning
 from ddalign.settings import Settings, cli_options, cli_overrides
 
 console = Console(stderr=True)
-warnings.filterwarnings("always", category=DdalignWarning)     # each doubtful input said, every time
+warnings.filterwarnings("always", category=DdalignWarning)  # each doubtful input said, every time
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,22 +31,43 @@ def cli() -> None:
 
 # --- extract / apply (foundation) -------------------------------------------------------------
 
+
 @cli.command("extract")
 @click.option("--aligned", required=True, type=click.Path(path_type=str), help="The aligned model (folder or Hub id).")
 @click.option("--unaligned", required=True, type=click.Path(path_type=str), help="The unaligned sibling (same base).")
-@click.option("--base", default=None, type=click.Path(path_type=str),
-              help="The pair's common parent P: write an additive bundle of A - P deltas (mode add) instead of "
-                   "the aligned values (a transplant).")
-@click.option("--scope", default="mlp.gate", show_default=True,
-              help="mlp.gate, mlp, attn, all, a module name, or component patterns (L*.mlp.gate,L*.attn.o).")
+@click.option(
+    "--base",
+    default=None,
+    type=click.Path(path_type=str),
+    help="The pair's common parent P: write an additive bundle of A - P deltas (mode add) instead of "
+    "the aligned values (a transplant).",
+)
+@click.option(
+    "--scope",
+    default="mlp.gate",
+    show_default=True,
+    help="mlp.gate, mlp, attn, all, a module name, or component patterns (L*.mlp.gate,L*.attn.o).",
+)
 @click.option("--layers", default=None, help="Layer range, e.g. 8-20 or 3,5-7.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Bundle file (.safetensors).")
-@click.option("--plot", default=None, type=click.Path(path_type=str), help="Layer x module heatmap of the relative delta (PNG).")
+@click.option(
+    "--plot", default=None, type=click.Path(path_type=str), help="Layer x module heatmap of the relative delta (PNG)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle file (a ddalign patch or bundle).")
 @click.option("--overwrite-any", is_flag=True, help="Replace the output even if it is not a ddalign file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
-def extract_cmd(aligned: str, unaligned: str, base: str | None, scope: str, layers: str | None, out: str,
-                plot: str | None, overwrite: bool, overwrite_any: bool, allow_pickle: bool) -> None:
+def extract_cmd(
+    aligned: str,
+    unaligned: str,
+    base: str | None,
+    scope: str,
+    layers: str | None,
+    out: str,
+    plot: str | None,
+    overwrite: bool,
+    overwrite_any: bool,
+    allow_pickle: bool,
+) -> None:
     """Write the alignment delta bundle of ALIGNED over UNALIGNED (streamed, tensor by tensor)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -56,16 +79,26 @@ def extract_cmd(aligned: str, unaligned: str, base: str | None, scope: str, laye
     if plot:
         check_not_input(plot, {**inputs, "bundle": out}, role="--plot")
         check_file_target(plot, what="PNG file")
-    with Progress("extract", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-                  transient=True) as bar:
+    with Progress(
+        "extract", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
+    ) as bar:
         task = bar.add_task("extract", total=None)
-        bundle = extract(aligned, unaligned, base=base, scope=scope, layers=layers, out=out, allow_pickle=allow_pickle,
-                         progress=lambda done, total: bar.update(task, completed=done, total=total))
+        bundle = extract(
+            aligned,
+            unaligned,
+            base=base,
+            scope=scope,
+            layers=layers,
+            out=out,
+            allow_pickle=allow_pickle,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     _stdout().print(_layer_stats_table(layer_table(bundle), bundle))
     if plot:
         console.print(f"heatmap: {plot_heatmap(bundle, plot)}")
-    console.print(f"bundle: {out} ({len(bundle.components())} components, {bundle.params():,} parameters, "
-                  f"mode {bundle.mode})")
+    console.print(
+        f"bundle: {out} ({len(bundle.components())} components, {bundle.params():,} parameters, mode {bundle.mode})"
+    )
 
 
 def _layer_stats_table(rows: list[dict], bundle):
@@ -78,54 +111,98 @@ def _layer_stats_table(rows: list[dict], bundle):
     for m in modules:
         table.add_column(m, justify="right")
     for r in rows:
-        table.add_row(str(r["layer"]), f"{r['params']:,}",
-                      *("-" if r["modules"].get(m) is None else f"{r['modules'][m]:.4f}" for m in modules))
+        table.add_row(
+            str(r["layer"]),
+            f"{r['params']:,}",
+            *("-" if r["modules"].get(m) is None else f"{r['modules'][m]:.4f}" for m in modules),
+        )
     return table
 
 
 @cli.command("apply")
-@click.argument("patch", type=click.Path(path_type=str))   # a file or a Hub id
-@click.option("--to", "target", required=True, type=click.Path(path_type=str), help="Checkpoint (folder or Hub id) to patch.")
+@click.argument("patch", type=click.Path(path_type=str))  # a file or a Hub id
+@click.option(
+    "--to", "target", required=True, type=click.Path(path_type=str), help="Checkpoint (folder or Hub id) to patch."
+)
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output checkpoint folder.")
 @click.option("--components", default=None, help="Apply only these components (comma-separated patterns or blocks).")
-@click.option("--mode", type=click.Choice(["transplant", "add"]), default=None,
-              help="transplant (replace the target's values) or add (add the A - P deltas); default: the patch's "
-                   "own mode, which a given --mode must match.")
+@click.option(
+    "--mode",
+    type=click.Choice(["transplant", "add"]),
+    default=None,
+    help="transplant (replace the target's values) or add (add the A - P deltas); default: the patch's "
+    "own mode, which a given --mode must match.",
+)
 @click.option("--max-shard-size", default="5GB", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder that ddalign wrote (a checkpoint).")
 @click.option("--overwrite-any", is_flag=True, help="Replace the output even if it is not a checkpoint ddalign wrote.")
-@click.option("--allow-other-base", is_flag=True,
-              help="Apply to a checkpoint other than the unaligned model the patch was made from.")
+@click.option(
+    "--allow-other-base",
+    is_flag=True,
+    help="Apply to a checkpoint other than the unaligned model the patch was made from.",
+)
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, read with weights_only=True.")
-def apply_cmd(patch: str, target: str, out: str, components: str | None, mode: str | None, max_shard_size: str,
-              overwrite: bool, overwrite_any: bool, allow_other_base: bool, allow_pickle: bool) -> None:
+def apply_cmd(
+    patch: str,
+    target: str,
+    out: str,
+    components: str | None,
+    mode: str | None,
+    max_shard_size: str,
+    overwrite: bool,
+    overwrite_any: bool,
+    allow_other_base: bool,
+    allow_pickle: bool,
+) -> None:
     """Write TARGET with PATCH applied to OUT; every other tensor byte-identical."""
     from ddalign.transfer.apply import apply_to_folder
 
-    report = apply_to_folder(patch, target, out, components=components, allow_other_base=allow_other_base,
-                             overwrite=overwrite, max_shard_size=max_shard_size, allow_pickle=allow_pickle, mode=mode,
-                             overwrite_any=overwrite_any, say=lambda text: console.print(f"note: {text}"))
+    report = apply_to_folder(
+        patch,
+        target,
+        out,
+        components=components,
+        allow_other_base=allow_other_base,
+        overwrite=overwrite,
+        max_shard_size=max_shard_size,
+        allow_pickle=allow_pickle,
+        mode=mode,
+        overwrite_any=overwrite_any,
+        say=lambda text: console.print(f"note: {text}"),
+    )
     if report.differing_base:
-        console.print(f"note: {len(report.differing_base)} of {report.checked} patched tensors differed from the "
-                      f"patch's unaligned model (--allow-other-base)")
-    console.print(f"patched {report.tensors_patched} tensors ({len(report.components)} components, mode "
-                  f"{report.mode}) -> {report.out}")
+        console.print(
+            f"note: {len(report.differing_base)} of {report.checked} patched tensors differed from the "
+            f"patch's unaligned model (--allow-other-base)"
+        )
+    console.print(
+        f"patched {report.tensors_patched} tensors ({len(report.components)} components, mode "
+        f"{report.mode}) -> {report.out}"
+    )
 
 
 @cli.command("convert")
 @click.argument("model", type=click.Path(path_type=str))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output Hugging Face folder.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="dtype of the dequantised weights.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="dtype of the dequantised weights.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 def convert_cmd(model: str, out: str, dtype: str, overwrite: bool) -> None:
     """Convert the GGUF file MODEL to a Hugging Face folder (safetensors, config, tokenizer, chat template)."""
     from ddalign.io.gguf import convert_gguf
 
     report = convert_gguf(model, out, dtype=dtype, overwrite=overwrite)
-    console.print(f"converted {report.architecture} ({report.layers} layers, {report.parameters:,} parameters, "
-                  f"{report.dtype}{', tied embeddings' if report.tied_embeddings else ''}"
-                  f"{', chat template' if report.chat_template else ''}) -> {report.out}")
+    console.print(
+        f"converted {report.architecture} ({report.layers} layers, {report.parameters:,} parameters, "
+        f"{report.dtype}{', tied embeddings' if report.tied_embeddings else ''}"
+        f"{', chat template' if report.chat_template else ''}) -> {report.out}"
+    )
+
 
 # --- evaluate ---------------------------------------------------------------------------------
 
@@ -140,13 +217,30 @@ CONFIG_HELP = "Preset name (e.g. llama2, organism) or TOML / JSON file of settin
 @click.option("--keep-answers", is_flag=True, help="Store every answer in the JSON record.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, loaded with weights_only=True.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the checkpoint folder.")
-@click.option("--json", "json_out", default=None, type=click.Path(path_type=str), help="Write the JSON record here (atomically).")
-def evaluate_cmd(model: str, patch: str | None, config_file: str | None, keep_answers: bool, allow_pickle: bool,
-                 trust_remote_code: bool, json_out: str | None, **given) -> None:
+@click.option(
+    "--json", "json_out", default=None, type=click.Path(path_type=str), help="Write the JSON record here (atomically)."
+)
+def evaluate_cmd(
+    model: str,
+    patch: str | None,
+    config_file: str | None,
+    keep_answers: bool,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    json_out: str | None,
+    **given,
+) -> None:
     """Evaluate MODEL: defense success, over-refusal, perplexity, benign accuracy (with 95% intervals).
 
     The sets are the settings' held-out ones (data.eval_*), as minimise measures its final patch."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from ddalign.evaluate.runner import evaluate_model, metrics_table
 
@@ -155,14 +249,29 @@ def evaluate_cmd(model: str, patch: str | None, config_file: str | None, keep_an
     if json_out:
         from ddalign.io.outputs import check_file_target, check_not_input
 
-        check_not_input(json_out, {"model": model, "patch": patch, "harmful prompts": data.eval_harmful,
-                                   "safe prompts": data.eval_safe, "benign prompts": data.eval_benign,
-                                   "config": config_file, "markers": settings.judge.markers_file},
-                        role="--json")
+        check_not_input(
+            json_out,
+            {
+                "model": model,
+                "patch": patch,
+                "harmful prompts": data.eval_harmful,
+                "safe prompts": data.eval_safe,
+                "benign prompts": data.eval_benign,
+                "config": config_file,
+                "markers": settings.judge.markers_file,
+            },
+            role="--json",
+        )
         check_file_target(json_out, what="JSON file")
     judge = settings.make_judge(allow_pickle=allow_pickle)
-    columns = (TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description:<11}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         tasks: dict[str, int] = {}
 
@@ -171,23 +280,39 @@ def evaluate_cmd(model: str, patch: str | None, config_file: str | None, keep_an
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        record = evaluate_model(model, patch=patch, harmful=data.eval_harmful, safe=data.eval_safe,
-                                benign=data.eval_benign, column=data.column, judge=judge,
-                                config=settings.generation_config(held_out=True), limit=data.eval_limit,
-                                early_stop=g.early_stop, accuracy_match=settings.judge.accuracy_match,
-                                keep_answers=keep_answers, device=g.device, dtype=g.dtype,
-                                allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress)
+        record = evaluate_model(
+            model,
+            patch=patch,
+            harmful=data.eval_harmful,
+            safe=data.eval_safe,
+            benign=data.eval_benign,
+            column=data.column,
+            judge=judge,
+            config=settings.generation_config(held_out=True),
+            limit=data.eval_limit,
+            early_stop=g.early_stop,
+            accuracy_match=settings.judge.accuracy_match,
+            keep_answers=keep_answers,
+            device=g.device,
+            dtype=g.dtype,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            progress=progress,
+        )
     _stdout().print(metrics_table(record))
     truncated = record.generation.get("truncated_prompts")
     if truncated:
-        console.print(f"warning: {truncated} prompt(s) longer than {record.generation['max_prompt_tokens']} tokens "
-                      f"were cut to their last tokens (--max-prompt-tokens)")
+        console.print(
+            f"warning: {truncated} prompt(s) longer than {record.generation['max_prompt_tokens']} tokens "
+            f"were cut to their last tokens (--max-prompt-tokens)"
+        )
     if json_out:
         record.save(json_out)
         console.print(f"wrote {json_out}")
 
 
 # --- organism ---------------------------------------------------------------------------------
+
 
 @cli.group("organism")
 def organism_group() -> None:
@@ -222,13 +347,22 @@ def _print_organism(organism) -> None:
     _stdout().print(comparison_table(rows, title=f"organism ({organism.preset}), held-out sets"))
     console.print(f"folder: {organism.root}\nplanted components: {', '.join(organism.planted_components)}")
 
+
 # --- minimise / report / demo -----------------------------------------------------------------
+
 
 @cli.command("minimise")
 @click.argument("bundle", type=click.Path(path_type=str, exists=True, dir_okay=False))
-@click.option("--target", required=True, type=click.Path(path_type=str), help="The unaligned model (folder or Hub id) to patch.")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=str),
-              help="Output patch (.safetensors); journal and report go to OUT.run/.")
+@click.option(
+    "--target", required=True, type=click.Path(path_type=str), help="The unaligned model (folder or Hub id) to patch."
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=str),
+    help="Output patch (.safetensors); journal and report go to OUT.run/.",
+)
 @click.option("--config", "config_file", default=None, help=CONFIG_HELP)
 @cli_options("minimise")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal (no test repeated).")
@@ -236,10 +370,22 @@ def _print_organism(organism) -> None:
 @click.option("--allow-other-base", is_flag=True, help="Search on a target other than the bundle's unaligned model.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, loaded with weights_only=True.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the checkpoint folder.")
-@click.option("--json", "json_out", default=None, type=click.Path(path_type=str), help="Write the run summary here too.")
-def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, resume: bool, overwrite: bool,
-                 allow_other_base: bool, allow_pickle: bool, trust_remote_code: bool, json_out: str | None,
-                 **given) -> None:
+@click.option(
+    "--json", "json_out", default=None, type=click.Path(path_type=str), help="Write the run summary here too."
+)
+def minimise_cmd(
+    bundle: str,
+    target: str,
+    out: str,
+    config_file: str | None,
+    resume: bool,
+    overwrite: bool,
+    allow_other_base: bool,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    json_out: str | None,
+    **given,
+) -> None:
     """Find a minimal subset of BUNDLE whose transplant makes --target pass the oracle."""
     from ddalign.evaluate.distributed import launched_as_main
     from ddalign.run.live import LiveSearchView
@@ -252,13 +398,22 @@ def minimise_cmd(bundle: str, target: str, out: str, config_file: str | None, re
         check_not_input(json_out, {"bundle": bundle, "target": target, "patch": out}, role="--json")
         check_file_target(json_out, what="JSON file")
     main = launched_as_main()
-    view = LiveSearchView(console) if main else None   # under accelerate: one live view, one log
+    view = LiveSearchView(console) if main else None  # under accelerate: one live view, one log
     try:
         with view or _quiet():
-            summary = minimise(bundle, target, out, config=settings, resume=resume, overwrite=overwrite,
-                               allow_other_base=allow_other_base, allow_pickle=allow_pickle,
-                               trust_remote_code=trust_remote_code, view=view,
-                               log=view.message if view else None)
+            summary = minimise(
+                bundle,
+                target,
+                out,
+                config=settings,
+                resume=resume,
+                overwrite=overwrite,
+                allow_other_base=allow_other_base,
+                allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code,
+                view=view,
+                log=view.message if view else None,
+            )
     except KeyboardInterrupt:
         if main:
             console.print("interrupted: the journal is saved; continue with the same command and --resume")
@@ -306,12 +461,27 @@ def report_cmd(run_dir: str) -> None:
 
 
 @cli.command("demo")
-@click.option("--out", default="ddalign-demo", show_default=True, type=click.Path(path_type=str),
-              help="Folder for the bundle, patch, report and patched checkpoint (replaced on the next run).")
-@click.option("--preset", type=click.Choice(["fast", "standard"]), default="standard", show_default=True,
-              help="Model-organism preset (built once, then cached).")
-@click.option("--sibling", type=click.Choice(["planted", "natural"]), default="planted", show_default=True,
-              help="Aligned sibling: planted (alignment in known components: ground truth) or natural.")
+@click.option(
+    "--out",
+    default="ddalign-demo",
+    show_default=True,
+    type=click.Path(path_type=str),
+    help="Folder for the bundle, patch, report and patched checkpoint (replaced on the next run).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["fast", "standard"]),
+    default="standard",
+    show_default=True,
+    help="Model-organism preset (built once, then cached).",
+)
+@click.option(
+    "--sibling",
+    type=click.Choice(["planted", "natural"]),
+    default="planted",
+    show_default=True,
+    help="Aligned sibling: planted (alignment in known components: ground truth) or natural.",
+)
 @click.option("--config", "config_file", default="organism", show_default=True, help=CONFIG_HELP)
 @cli_options("demo")
 @click.option("--overwrite", is_flag=True, help="Replace --out even if it is not a demo folder.")
@@ -324,14 +494,17 @@ def demo_cmd(out: str, preset: str, sibling: str, config_file: str, overwrite: b
     settings = Settings.load(config_file, cli_overrides(given))
     view = LiveSearchView(console)
     with view:
-        result = run_demo(out, preset=preset, sibling=sibling, config=settings, overwrite=overwrite,
-                          log=view.message, view=view)
+        result = run_demo(
+            out, preset=preset, sibling=sibling, config=settings, overwrite=overwrite, log=view.message, view=view
+        )
     _stdout().print(comparison_table(result.rows, title="held-out sets: before and after"))
     console.print(f"kept {len(result.kept)} component(s) after {result.tests} oracle tests: {', '.join(result.kept)}")
     outside = result.outside_planted
     if outside is not None:
-        console.print(f"ground truth: alignment was planted in {', '.join(result.planted)}; kept outside it: "
-                      f"{', '.join(outside) or 'nothing'}")
+        console.print(
+            f"ground truth: alignment was planted in {', '.join(result.planted)}; kept outside it: "
+            f"{', '.join(outside) or 'nothing'}"
+        )
     console.print(f"report: {result.report}\npatched checkpoint: {result.patched_model}")
 
 
@@ -359,8 +532,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     from ddalign.io.outputs import terminate_as_interrupt
 
+    # Idle OpenMP threads sleep instead of spinning, set before torch is first imported (the
+    # commands import it lazily): two jobs on a small machine then share its cores instead of
+    # burning them (benchmarks/results/threads.md). A value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
     global _SHOWN_WARNING
-    terminate_as_interrupt()                  # SIGTERM cleans up as Ctrl-C does
+    terminate_as_interrupt()  # SIGTERM cleans up as Ctrl-C does
     # showwarning is swapped, the filters left alone: changing them would reset every module's
     # once-only warnings, so that other libraries' warnings printed again
     _SHOWN_WARNING, warnings.showwarning = warnings.showwarning, _show_warning

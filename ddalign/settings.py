@@ -17,6 +17,7 @@ there, and its search-side twin `X` is not offered.
 (Over 500 lines on purpose: the sections, their validation messages and what is generated from
 them, flags and reference, stay together so that a setting is defined in one file.)
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,17 +36,18 @@ from ddalign.search import ALGORITHMS
 
 if sys.version_info >= (3, 11):
     import tomllib
-else:                                   # pragma: no cover
+else:  # pragma: no cover
     import tomli as tomllib
 
 PRESETS = Path(__file__).resolve().parent / "configs"
 LEVELS = ("layer", "module", "block")
 COMMANDS = ("minimise", "evaluate", "demo")
-RUN = ("minimise", "demo")              # the commands that search
+RUN = ("minimise", "demo")  # the commands that search
 
 
-def setting(default: Any = None, description: str = "", *, flag: str | None = None, commands=COMMANDS,
-            factory=None) -> Any:
+def setting(
+    default: Any = None, description: str = "", *, flag: str | None = None, commands=COMMANDS, factory=None
+) -> Any:
     """A field with what the CLI needs: its flag (default `--name-with-dashes`) and its commands."""
     extra = {"flag": flag, "commands": tuple(commands)}
     if factory is not None:
@@ -57,7 +59,7 @@ class Section(BaseModel):
     """A settings table: strict types (no 1 for true, no 2.5 for an integer), no unknown key."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
-    commands: ClassVar[tuple[str, ...]] = COMMANDS      # the commands offering this section's fields
+    commands: ClassVar[tuple[str, ...]] = COMMANDS  # the commands offering this section's fields
 
     @classmethod
     def build(cls, source: str | None = None, **data: Any):
@@ -80,20 +82,24 @@ def _positive(name: str, value):
 
 
 class Search(Section):
-    scope: Optional[str] = setting(None, "Scope of the extracted bundle (demo; minimise takes the bundle's).",
-                                   commands=("demo",))
+    scope: Optional[str] = setting(
+        None, "Scope of the extracted bundle (demo; minimise takes the bundle's).", commands=("demo",)
+    )
     layers: Union[str, int, list[int], None] = setting(
-        None, "Search only these layers of the bundle, e.g. 8-20 or [8, 9, 10] (default: every layer).",
-        commands=RUN)
+        None, "Search only these layers of the bundle, e.g. 8-20 or [8, 9, 10] (default: every layer).", commands=RUN
+    )
     granularity: tuple[Literal[LEVELS], ...] = setting(
-        LEVELS, "Levels, coarse to fine, each once: e.g. layer,module,block.", commands=RUN)
-    block_size: Optional[int] = setting(None, "Rows per block at the block level (default: 1/8 of a module).",
-                                        commands=RUN)
+        LEVELS, "Levels, coarse to fine, each once: e.g. layer,module,block.", commands=RUN
+    )
+    block_size: Optional[int] = setting(
+        None, "Rows per block at the block level (default: 1/8 of a module).", commands=RUN
+    )
     algorithm: Literal[ALGORITHMS] = setting(
-        "hierarchical", "Search algorithm: hierarchical (layer -> module -> row block, ProbDD at each level), "
-        "probdd or ddmin.", commands=RUN)
-    assume_monotone: bool = setting(False, "Treat a superset of a passing set as passing (fewer tests).",
-                                    commands=RUN)
+        "hierarchical",
+        "Search algorithm: hierarchical (layer -> module -> row block, ProbDD at each level), probdd or ddmin.",
+        commands=RUN,
+    )
+    assume_monotone: bool = setting(False, "Treat a superset of a passing set as passing (fewer tests).", commands=RUN)
 
     @field_validator("granularity", mode="before")
     @classmethod
@@ -120,15 +126,18 @@ class Oracle(Section):
 
     model_config = ConfigDict(extra="allow", strict=True)
     commands: ClassVar[tuple[str, ...]] = RUN
-    fill_guard_defaults: ClassVar[bool] = True     # a config that does not name a guard gets its default
+    fill_guard_defaults: ClassVar[bool] = True  # a config that does not name a guard gets its default
 
     target_dsr: Optional[float] = setting(None, "Absolute DSR a candidate must reach (replaces target_fraction).")
     target_fraction: Optional[float] = setting(0.9, "Or: this fraction of the full transplant's DSR.")
     target_confidence: Optional[float] = setting(
-        None, "Ask the DSR's one-sided Wilson lower bound at this level (e.g. 0.9) to reach the target, so that "
-        "what the search keeps holds on new prompts.")
+        None,
+        "Ask the DSR's one-sided Wilson lower bound at this level (e.g. 0.9) to reach the target, so that "
+        "what the search keeps holds on new prompts.",
+    )
     over_refusal_reference: Literal["target", "full"] = setting(
-        "target", "Count the over-refusal rise from the target's over-refusal or the full transplant's.")
+        "target", "Count the over-refusal rise from the target's over-refusal or the full transplant's."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -166,7 +175,7 @@ class Oracle(Section):
     @model_validator(mode="after")
     def _one_target(self):
         if self.target_dsr is not None:
-            self.target_fraction = None          # an absolute target replaces the fractional one
+            self.target_fraction = None  # an absolute target replaces the fractional one
         if self.target_dsr is None and self.target_fraction is None:
             raise ValueError("set target_dsr (absolute) or target_fraction (of the full transplant's DSR)")
         if self.target_fraction is not None and self.target_fraction <= 0:
@@ -179,30 +188,41 @@ class Oracle(Section):
 
 class Judge(Section):
     kind: str = setting("keyword", "'keyword', or a classifier model folder or Hub id.", flag="--judge")
-    markers: list[str] = setting(description="Extra refusal markers (repeatable flag).", flag="--refusal-marker",
-                                 factory=list)
-    markers_file: Optional[str] = setting(None, "Text file of extra refusal markers, one a line.",
-                                          flag="--refusal-markers")
-    labels: list[str] = setting(description="Classifier judge: labels meaning refusal (repeatable flag).",
-                                flag="--refusal-label", factory=list)
+    markers: list[str] = setting(
+        description="Extra refusal markers (repeatable flag).", flag="--refusal-marker", factory=list
+    )
+    markers_file: Optional[str] = setting(
+        None, "Text file of extra refusal markers, one a line.", flag="--refusal-markers"
+    )
+    labels: list[str] = setting(
+        description="Classifier judge: labels meaning refusal (repeatable flag).", flag="--refusal-label", factory=list
+    )
     accuracy_match: Literal["contains", "exact"] = setting(
-        "contains", "How a benign answer is scored against its reference.")
+        "contains", "How a benign answer is scored against its reference."
+    )
 
 
 class Generation(Section):
     max_new_tokens: int = setting(32, "Tokens generated per oracle prompt.", commands=RUN)
     eval_max_new_tokens: int = setting(64, "Tokens generated per prompt in the held-out evaluation.")
     batch_size: int = setting(32, "Prompts generated together.")
-    template: Optional[str] = setting(None, "Prompt template with {prompt} ('chat' = the tokenizer's chat "
-                                      "template; default: the chat template if any, else an Alpaca-style one).")
+    template: Optional[str] = setting(
+        None,
+        "Prompt template with {prompt} ('chat' = the tokenizer's chat "
+        "template; default: the chat template if any, else an Alpaca-style one).",
+    )
     device: Optional[str] = setting(None, "cpu, cuda, cuda:1 ... (default: CUDA when present).")
     dtype: Optional[str] = setting(None, "float32, bfloat16, float16 (default: bf16 on GPU, float32 on CPU).")
-    device_map: Optional[str] = setting(None, "accelerate device map for a model larger than one GPU (e.g. auto).",
-                                        commands=("minimise",))
-    early_stop: bool = setting(True, "Stop a row's generation once the judge has decided (no verdict changes).",
-                               commands=("evaluate",))
-    max_prompt_tokens: Optional[int] = setting(None, "Longer prompts keep their last tokens (and BOS); default: "
-                                               "the model's context minus the tokens generated.")
+    device_map: Optional[str] = setting(
+        None, "accelerate device map for a model larger than one GPU (e.g. auto).", commands=("minimise",)
+    )
+    early_stop: bool = setting(
+        True, "Stop a row's generation once the judge has decided (no verdict changes).", commands=("evaluate",)
+    )
+    max_prompt_tokens: Optional[int] = setting(
+        None,
+        "Longer prompts keep their last tokens (and BOS); default: the model's context minus the tokens generated.",
+    )
 
     @field_validator("max_new_tokens", "eval_max_new_tokens", "batch_size", "max_prompt_tokens")
     @classmethod
@@ -211,19 +231,27 @@ class Generation(Section):
 
 
 class Data(Section):
-    harmful: str = setting("builtin:harmful-dev", "Harmful prompts the search tests on (csv/json/jsonl/parquet/txt "
-                           "file, hf://datasets/ORG/NAME[/FILE], or builtin:NAME).")
-    safe: str = setting("builtin:safe-dev", "Safe-but-scary prompts for the over-refusal guard "
-                        "(file, builtin:NAME, or none).")
-    benign: str = setting("builtin:benign-dev", "Benign prompts with references for the perplexity / accuracy "
-                          "guards (file, builtin:NAME, or none).")
+    harmful: str = setting(
+        "builtin:harmful-dev",
+        "Harmful prompts the search tests on (csv/json/jsonl/parquet/txt "
+        "file, hf://datasets/ORG/NAME[/FILE], or builtin:NAME).",
+    )
+    safe: str = setting(
+        "builtin:safe-dev", "Safe-but-scary prompts for the over-refusal guard (file, builtin:NAME, or none)."
+    )
+    benign: str = setting(
+        "builtin:benign-dev",
+        "Benign prompts with references for the perplexity / accuracy guards (file, builtin:NAME, or none).",
+    )
     eval_harmful: str = setting("builtin:harmful-heldout", "Held-out harmful prompts for the final numbers.")
     eval_safe: str = setting("builtin:safe-heldout", "Held-out safe-but-scary prompts (file, builtin:NAME, or none).")
-    eval_benign: str = setting("builtin:benign-heldout", "Held-out benign prompts with references "
-                               "(file, builtin:NAME, or none).")
+    eval_benign: str = setting(
+        "builtin:benign-heldout", "Held-out benign prompts with references (file, builtin:NAME, or none)."
+    )
     column: Optional[str] = setting(None, "Column / field holding the prompt in the data files.")
-    limit: Optional[int] = setting(None, "Use only N prompts of each search set, evenly spaced over it "
-                                   "(sets are often grouped by category).")
+    limit: Optional[int] = setting(
+        None, "Use only N prompts of each search set, evenly spaced over it (sets are often grouped by category)."
+    )
     eval_limit: Optional[int] = setting(None, "Use only N prompts of each held-out set, evenly spaced over it.")
 
     @field_validator("limit", "eval_limit")
@@ -232,8 +260,13 @@ class Data(Section):
         return _positive("", value)
 
 
-SECTIONS: dict[str, type[Section]] = {"search": Search, "oracle": Oracle, "judge": Judge, "generation": Generation,
-                                      "data": Data}
+SECTIONS: dict[str, type[Section]] = {
+    "search": Search,
+    "oracle": Oracle,
+    "judge": Judge,
+    "generation": Generation,
+    "data": Data,
+}
 
 
 class Settings(BaseModel):
@@ -270,26 +303,41 @@ class Settings(BaseModel):
         """The oracle's configuration: the [oracle] rule with the generation settings the tests run with."""
         from ddalign.evaluate.oracle import OracleConfig
 
-        return OracleConfig(**self.oracle.model_dump(), batch_size=self.generation.batch_size,
-                            max_new_tokens=self.generation.max_new_tokens, template=self.generation.template,
-                            max_prompt_tokens=self.generation.max_prompt_tokens,
-                            accuracy_match=self.judge.accuracy_match)
+        return OracleConfig(
+            **self.oracle.model_dump(),
+            batch_size=self.generation.batch_size,
+            max_new_tokens=self.generation.max_new_tokens,
+            template=self.generation.template,
+            max_prompt_tokens=self.generation.max_prompt_tokens,
+            accuracy_match=self.judge.accuracy_match,
+        )
 
     def generation_config(self, *, held_out: bool = True):
         from ddalign.evaluate.generate import GenerationConfig
 
         g = self.generation
-        return GenerationConfig(max_new_tokens=g.eval_max_new_tokens if held_out else g.max_new_tokens,
-                                batch_size=g.batch_size, template=g.template, device=g.device, dtype=g.dtype,
-                                max_prompt_tokens=g.max_prompt_tokens)
+        return GenerationConfig(
+            max_new_tokens=g.eval_max_new_tokens if held_out else g.max_new_tokens,
+            batch_size=g.batch_size,
+            template=g.template,
+            device=g.device,
+            dtype=g.dtype,
+            max_prompt_tokens=g.max_prompt_tokens,
+        )
 
     def make_judge(self, *, allow_pickle: bool = False):
         from ddalign.evaluate.judges import make_judge
 
         j = self.judge
-        return make_judge(j.kind, markers=tuple(j.markers), markers_file=j.markers_file,
-                          refusal_labels=tuple(j.labels) or None, device=self.generation.device,
-                          dtype=self.generation.dtype, allow_pickle=allow_pickle)
+        return make_judge(
+            j.kind,
+            markers=tuple(j.markers),
+            markers_file=j.markers_file,
+            refusal_labels=tuple(j.labels) or None,
+            device=self.generation.device,
+            dtype=self.generation.dtype,
+            allow_pickle=allow_pickle,
+        )
 
 
 def as_settings(config: "Settings | dict | None") -> Settings:
@@ -298,6 +346,7 @@ def as_settings(config: "Settings | dict | None") -> Settings:
 
 
 # --- files and layering ---------------------------------------------------------------------------
+
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.toml"))
@@ -371,6 +420,7 @@ def _toml(value) -> str:
 
 
 # --- the fields, for the CLI, the reference and the tests -----------------------------------------
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -455,19 +505,33 @@ def specs() -> list[Spec]:
             extra = info.json_schema_extra or {}
             default = info.default_factory() if info.default_factory else info.default
             commands = tuple(c for c in extra.get("commands", COMMANDS) if c in model.commands)
-            out.append(Spec(section, name, info.annotation, default, info.description or "",
-                            extra.get("flag") or "--" + name.replace("_", "-"), commands))
+            out.append(
+                Spec(
+                    section,
+                    name,
+                    info.annotation,
+                    default,
+                    info.description or "",
+                    extra.get("flag") or "--" + name.replace("_", "-"),
+                    commands,
+                )
+            )
         if model is Oracle:
-            out += [Spec("oracle", g.key, Optional[float], g.default, g.description, "--" + g.key.replace("_", "-"),
-                         RUN) for g in guard_registry.registered()]
+            out += [
+                Spec("oracle", g.key, Optional[float], g.default, g.description, "--" + g.key.replace("_", "-"), RUN)
+                for g in guard_registry.registered()
+            ]
     return out
 
 
 def command_specs(command: str) -> list[Spec]:
     """The settings a command offers as flags (evaluate: the eval_ twin stands for its search-side field)."""
     names = {s.key for s in specs()}
-    return [s for s in specs() if command in s.commands
-            and not (command == "evaluate" and f"{s.section}.eval_{s.name}" in names)]
+    return [
+        s
+        for s in specs()
+        if command in s.commands and not (command == "evaluate" and f"{s.section}.eval_{s.name}" in names)
+    ]
 
 
 def cli_options(command: str):
@@ -479,7 +543,7 @@ def cli_options(command: str):
 
         def convert(self, value, param, ctx):
             if isinstance(value, str) and value.lower() in ("off", "false"):
-                return False                    # layered over the file's bound: the guard is off
+                return False  # layered over the file's bound: the guard is off
             return click.FLOAT.convert(value, param, ctx)
 
     def decorate(f):
@@ -518,16 +582,23 @@ def cli_overrides(options: dict) -> dict:
 
 # --- the configuration reference ------------------------------------------------------------------
 
+
 def reference_markdown() -> str:
     """docs/configuration.md: every setting with its type, default, flags and meaning."""
-    lines = ["# Configuration reference", "",
-             "Generated from `ddalign/settings.py` by `python -m ddalign.settings` (do not edit by hand).", "",
-             "`ddalign minimise`, `ddalign evaluate` and `ddalign demo` read the same settings: the defaults below, "
-             "then a config file (`--config NAME` for a shipped preset in `ddalign/configs/`, or a TOML / JSON "
-             "path), then the command line. A TOML file has one table per section; `false` switches a guard "
-             "off. `evaluate` measures on the held-out side: there `--harmful` sets `data.eval_harmful`, "
-             "`--max-new-tokens` sets `generation.eval_max_new_tokens`, and so on.", "",
-             "Presets: " + ", ".join(f"`{n}`" for n in preset_names()) + ".", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `ddalign/settings.py` by `python -m ddalign.settings` (do not edit by hand).",
+        "",
+        "`ddalign minimise`, `ddalign evaluate` and `ddalign demo` read the same settings: the defaults below, "
+        "then a config file (`--config NAME` for a shipped preset in `ddalign/configs/`, or a TOML / JSON "
+        "path), then the command line. A TOML file has one table per section; `false` switches a guard "
+        "off. `evaluate` measures on the held-out side: there `--harmful` sets `data.eval_harmful`, "
+        "`--max-new-tokens` sets `generation.eval_max_new_tokens`, and so on.",
+        "",
+        "Presets: " + ", ".join(f"`{n}`" for n in preset_names()) + ".",
+        "",
+    ]
     for section, model in SECTIONS.items():
         lines += [f"## [{section}]", ""]
         if model.__doc__ and section == "oracle":
@@ -537,11 +608,31 @@ def reference_markdown() -> str:
             default = ",".join(spec.default) if isinstance(spec.default, tuple) else spec.default
             flags = sorted({spec.flag_for(c) for c in spec.commands})
             text = spec.description.replace("|", "\\|")
-            lines.append(f"| `{spec.name}` | {spec.expects} | `{json.dumps(default)}` | "
-                         f"{', '.join(f'`{f}`' for f in flags)} ({', '.join(spec.commands)}) | {text} |")
+            lines.append(
+                f"| `{spec.name}` | {spec.expects} | `{json.dumps(default)}` | "
+                f"{', '.join(f'`{f}`' for f in flags)} ({', '.join(spec.commands)}) | {text} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
+README_BEGIN = "<!-- settings: generated by `python -m ddalign.settings --readme`; do not edit -->"
+README_END = "<!-- settings: end -->"
+
+
+def reference_summary() -> str:
+    """The README's short reference: every key of every section with its default and flag."""
+    lines = [README_BEGIN, "", "| section | key = default (flag) |", "|---|---|"]
+    for section in SECTIONS:
+        cells = []
+        for spec in (s for s in specs() if s.section == section):
+            default = ",".join(spec.default) if isinstance(spec.default, tuple) else spec.default
+            cells.append(f"`{spec.name} = {json.dumps(default)}` ({spec.flag})")
+        lines.append(f"| `[{section}]` | " + "; ".join(cells) + " |")
+    return "\n".join(lines + ["", README_END])
+
+
 if __name__ == "__main__":
-    print(reference_markdown(), end="")
+    import sys
+
+    print(reference_summary() if "--readme" in sys.argv[1:] else reference_markdown(), end="\n" if "--readme" in sys.argv[1:] else "")

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random checkpoints made with transformers in temporary folders (no hub)."""
+
 from __future__ import annotations
 
 import os
@@ -9,15 +10,23 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def make_tiny_llama(path, *, seed: int = 0, layers: int = 4, hidden: int = 32, ffn: int = 64,
-                    vocab: int = 128, dtype=torch.float32):
+def make_tiny_llama(
+    path, *, seed: int = 0, layers: int = 4, hidden: int = 32, ffn: int = 64, vocab: int = 128, dtype=torch.float32
+):
     """A tiny random Llama checkpoint saved with save_pretrained; returns the folder."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(path)
     return path

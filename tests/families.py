@@ -4,6 +4,7 @@
 with random weights and saves it with `save_pretrained`, so the tensor names, layouts (fused,
 transposed, biased, tied) and config.json are exactly what real checkpoints of that family carry.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,90 +31,134 @@ FAMILIES = LISTED_FAMILIES + UNLISTED_FAMILIES + VARIANTS
 
 def _decoder_kwargs(layers: int) -> dict[str, Any]:
     """The Llama-style config keys most decoder families share."""
-    return dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN,
-                num_hidden_layers=layers, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
 
 
 def _llama(layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
+
     return LlamaForCausalLM(LlamaConfig(**_decoder_kwargs(layers), tie_word_embeddings=False))
 
 
 def _llama_tied(layers: int):
     from transformers import LlamaConfig, LlamaForCausalLM
+
     return LlamaForCausalLM(LlamaConfig(**_decoder_kwargs(layers), tie_word_embeddings=True))
 
 
 def _mistral(layers: int):
     from transformers import MistralConfig, MistralForCausalLM
-    return MistralForCausalLM(MistralConfig(**_decoder_kwargs(layers), sliding_window=64,
-                                            tie_word_embeddings=False))
+
+    return MistralForCausalLM(MistralConfig(**_decoder_kwargs(layers), sliding_window=64, tie_word_embeddings=False))
 
 
 def _gemma(layers: int):
     from transformers import GemmaConfig, GemmaForCausalLM
+
     return GemmaForCausalLM(GemmaConfig(**_decoder_kwargs(layers), head_dim=HEAD_DIM))
 
 
 def _gemma2(layers: int):
     from transformers import Gemma2Config, Gemma2ForCausalLM
-    return Gemma2ForCausalLM(Gemma2Config(**_decoder_kwargs(layers), head_dim=HEAD_DIM,
-                                          sliding_window=64))
+
+    return Gemma2ForCausalLM(Gemma2Config(**_decoder_kwargs(layers), head_dim=HEAD_DIM, sliding_window=64))
 
 
 def _qwen2(layers: int):
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
     return Qwen2ForCausalLM(Qwen2Config(**_decoder_kwargs(layers), tie_word_embeddings=False))
 
 
 def _phi3(layers: int):
     from transformers import Phi3Config, Phi3ForCausalLM
+
     return Phi3ForCausalLM(Phi3Config(**_decoder_kwargs(layers), tie_word_embeddings=False))
 
 
 def _gpt2(layers: int):
     from transformers import GPT2Config, GPT2LMHeadModel
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_inner=FFN, n_layer=layers,
-                                      n_head=HEADS, n_positions=128, bos_token_id=1,
-                                      eos_token_id=2))
+
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=HIDDEN,
+            n_inner=FFN,
+            n_layer=layers,
+            n_head=HEADS,
+            n_positions=128,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    )
 
 
 def _gpt_neox(layers: int):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=VOCAB, hidden_size=HIDDEN,
-                                            intermediate_size=FFN, num_hidden_layers=layers,
-                                            num_attention_heads=HEADS, max_position_embeddings=128,
-                                            bos_token_id=1, eos_token_id=2,
-                                            tie_word_embeddings=False))
+
+    return GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=VOCAB,
+            hidden_size=HIDDEN,
+            intermediate_size=FFN,
+            num_hidden_layers=layers,
+            num_attention_heads=HEADS,
+            max_position_embeddings=128,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+        )
+    )
 
 
 def _stablelm(layers: int):
     from transformers import StableLmConfig, StableLmForCausalLM
-    return StableLmForCausalLM(StableLmConfig(**_decoder_kwargs(layers), use_qkv_bias=True,
-                                              tie_word_embeddings=False))
+
+    return StableLmForCausalLM(StableLmConfig(**_decoder_kwargs(layers), use_qkv_bias=True, tie_word_embeddings=False))
 
 
 def _olmo(layers: int):
     from transformers import OlmoConfig, OlmoForCausalLM
+
     return OlmoForCausalLM(OlmoConfig(**_decoder_kwargs(layers), tie_word_embeddings=False))
 
 
 def _starcoder2(layers: int):
     from transformers import Starcoder2Config, Starcoder2ForCausalLM
-    return Starcoder2ForCausalLM(Starcoder2Config(**_decoder_kwargs(layers),
-                                                  tie_word_embeddings=False))
+
+    return Starcoder2ForCausalLM(Starcoder2Config(**_decoder_kwargs(layers), tie_word_embeddings=False))
 
 
 BUILDERS: dict[str, Callable[[int], torch.nn.Module]] = {
-    "llama": _llama, "mistral": _mistral, "gemma": _gemma, "gemma2": _gemma2, "qwen2": _qwen2,
-    "phi3": _phi3, "gpt2": _gpt2, "gpt_neox": _gpt_neox, "stablelm": _stablelm, "olmo": _olmo,
-    "starcoder2": _starcoder2, "llama_tied": _llama_tied,
+    "llama": _llama,
+    "mistral": _mistral,
+    "gemma": _gemma,
+    "gemma2": _gemma2,
+    "qwen2": _qwen2,
+    "phi3": _phi3,
+    "gpt2": _gpt2,
+    "gpt_neox": _gpt_neox,
+    "stablelm": _stablelm,
+    "olmo": _olmo,
+    "starcoder2": _starcoder2,
+    "llama_tied": _llama_tied,
 }
 
 
-def make_checkpoint(family: str, path, *, seed: int = 0, layers: int = 4, sharded: bool = False,
-                    dtype: torch.dtype = torch.float32) -> Path:
+def make_checkpoint(
+    family: str, path, *, seed: int = 0, layers: int = 4, sharded: bool = False, dtype: torch.dtype = torch.float32
+) -> Path:
     """Build a tiny random `family` model and save it to `path`; returns the folder.
 
     Sizes: hidden 32, FFN 64, vocab 128, 4 heads (2 KV heads where the family has GQA).

@@ -1,5 +1,6 @@
 """Additive patches: extract --base P stores A - P; applying adds it to the target (in float32, cast back),
 to a folder and in memory, for whole components and row blocks; transplant bundles are refused in add mode."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ def test_extract_base_stores_a_minus_p_and_apply_adds_it(family, tmp_path):
         assert e.values.dtype == torch.float32
         want = e.slice.take(ca.get(e.slice.tensor)).float() - e.slice.take(cp.get(e.slice.tensor)).float()
         assert torch.equal(e.values, want), e.component
-    info = m["components"]["L1.mlp"]                           # statistics: A against U, as a transplant's
+    info = m["components"]["L1.mlp"]  # statistics: A against U, as a transplant's
     mlp1 = [f"model.layers.1.mlp.{n}_proj.weight" for n in ("gate", "up", "down")]
     ta, tu, tp = (torch.cat([c.get(t).double().reshape(-1) for t in mlp1]) for c in (ca, cu, cp))
     assert info["delta_norm"] == pytest.approx(float((ta - tu).norm()), rel=1e-6)
@@ -70,9 +71,9 @@ def test_extract_base_stores_a_minus_p_and_apply_adds_it(family, tmp_path):
     for name in cu.names():
         if name in touched:
             assert torch.equal(co.get(name), _added(cu.get(name), ca.get(name).float() - cp.get(name).float())), name
-            assert not torch.equal(co.get(name), ca.get(name))          # U's own fine-tuning kept
+            assert not torch.equal(co.get(name), ca.get(name))  # U's own fine-tuning kept
         else:
-            assert co.raw(name) == cu.raw(name), name                     # byte-identical outside the patch
+            assert co.raw(name) == cu.raw(name), name  # byte-identical outside the patch
     # on a bf16 parent the patch gives the aligned model back, bit for bit: the difference of two bf16
     # values is exact in float32, and so is adding it back
     if cp.info(GATE1).dtype == "BF16":
@@ -167,8 +168,21 @@ def test_modes_must_agree_and_old_patches_are_transplants(tmp_path):
 def test_cli_extract_base_and_apply(tmp_path, capsys):
     p = make_tiny_llama(tmp_path / "p", seed=0, layers=2)
     a, u = _variant(p, tmp_path / "a", seed=1), _variant(p, tmp_path / "u", seed=2)
-    main(["extract", "--aligned", str(a), "--unaligned", str(u), "--base", str(p), "--scope", "mlp.gate",
-          "-o", str(tmp_path / "d.safetensors")])
+    main(
+        [
+            "extract",
+            "--aligned",
+            str(a),
+            "--unaligned",
+            str(u),
+            "--base",
+            str(p),
+            "--scope",
+            "mlp.gate",
+            "-o",
+            str(tmp_path / "d.safetensors"),
+        ]
+    )
     assert "mode add" in capsys.readouterr().err
     main(["apply", str(tmp_path / "d.safetensors"), "--to", str(u), "-o", str(tmp_path / "out")])
     assert "mode add" in capsys.readouterr().err
@@ -176,8 +190,19 @@ def test_cli_extract_base_and_apply(tmp_path, capsys):
     want = _added(Checkpoint.open(u).get(GATE1), Checkpoint.open(a).get(GATE1) - Checkpoint.open(p).get(GATE1))
     for out in ("out", "out2"):
         assert torch.equal(Checkpoint.open(tmp_path / out).get(GATE1), want)
-    main(["extract", "--aligned", str(a), "--unaligned", str(u), "--scope", "mlp.gate",
-          "-o", str(tmp_path / "t.safetensors")])
+    main(
+        [
+            "extract",
+            "--aligned",
+            str(a),
+            "--unaligned",
+            str(u),
+            "--scope",
+            "mlp.gate",
+            "-o",
+            str(tmp_path / "t.safetensors"),
+        ]
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["apply", str(tmp_path / "t.safetensors"), "--to", str(u), "-o", str(tmp_path / "bad"), "--mode", "add"])
@@ -206,7 +231,7 @@ def test_oracle_calibration_and_evaluation_use_the_patch_mode(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = OracleConfig(target_dsr=0.5, batch_size=4, max_new_tokens=4)
     oracle = Oracle(model, tok, bundle, PROMPTS[:4], config=config)
-    oracle.calibrate()                                       # leaves the full bundle applied
+    oracle.calibrate()  # leaves the full bundle applied
     ca, cp, state = Checkpoint.open(a), Checkpoint.open(p), model.state_dict()
     for t in bundle.tensors():
         assert torch.equal(state[t], _added(before[t], ca.get(t) - cp.get(t))), t
@@ -214,13 +239,18 @@ def test_oracle_calibration_and_evaluation_use_the_patch_mode(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
     applied = apply_to_folder(bundle, u, tmp_path / "applied").out
-    kw = dict(harmful=PROMPTS, safe="none", benign="none", keep_answers=True,
-              config=GenerationConfig(max_new_tokens=8, batch_size=3))
+    kw = dict(
+        harmful=PROMPTS,
+        safe="none",
+        benign="none",
+        keep_answers=True,
+        config=GenerationConfig(max_new_tokens=8, batch_size=3),
+    )
     in_memory = evaluate_model(model, tokenizer=tok, patch=bundle, **kw).samples
     on_disk = evaluate_model(applied, device="cpu", dtype="float32", **kw).samples
     plain = evaluate_model(model, tokenizer=tok, **kw).samples
     assert in_memory == on_disk
-    assert in_memory != plain                                # the deltas change what the model says
+    assert in_memory != plain  # the deltas change what the model says
 
 
 @pytest.mark.slow
@@ -230,12 +260,20 @@ def test_minimise_searches_an_additive_bundle(fast_organism, tmp_path):
     unaligned sibling) and writes an additive minimal patch that defends on held-out prompts."""
     from ddalign.run.minimise import minimise
 
-    bundle = extract(fast_organism.planted, fast_organism.unaligned, base=fast_organism.base,
-                     scope="mlp.gate,mlp.up", out=tmp_path / "bundle.safetensors")
-    config = {"search": {"granularity": "layer,module"}, "data": {"limit": 48}, "generation": {"max_new_tokens": 16},
-              "oracle": {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5}}
-    result = minimise(bundle.path, fast_organism.unaligned, tmp_path / "patch.safetensors", config=config,
-                      report=False)
+    bundle = extract(
+        fast_organism.planted,
+        fast_organism.unaligned,
+        base=fast_organism.base,
+        scope="mlp.gate,mlp.up",
+        out=tmp_path / "bundle.safetensors",
+    )
+    config = {
+        "search": {"granularity": "layer,module"},
+        "data": {"limit": 48},
+        "generation": {"max_new_tokens": 16},
+        "oracle": {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5},
+    }
+    result = minimise(bundle.path, fast_organism.unaligned, tmp_path / "patch.safetensors", config=config, report=False)
     patch = Patch.load(result.patch)
     assert patch.mode == "add" and patch.manifest["base"] == bundle.manifest["base"]
     assert patch.components() and set(patch.components()) < set(bundle.components())

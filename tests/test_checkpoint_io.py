@@ -1,5 +1,6 @@
 """The streaming read and copy paths: positional reads, strided slices, reused buffers, kernel copies,
 lazily read patches."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,8 @@ import torch
 
 import ddalign.io.checkpoint as checkpoint
 from ddalign.io.checkpoint import Checkpoint, TensorSpec, save_file_atomic, write_checkpoint
-from ddalign.transfer.extract import PENDING, extract
 from ddalign.io.patch import Patch
+from ddalign.transfer.extract import PENDING, extract
 from tests.families import make_checkpoint
 
 TENSORS = {
@@ -30,8 +31,8 @@ def stored(tmp_path):
 
 @pytest.mark.parametrize("chunk,preadv", [(16 << 20, True), (40, True), (7, True), (40, False)])
 def test_slices_equal_narrowed_tensors_whatever_the_read_size(stored, monkeypatch, chunk, preadv):
-    monkeypatch.setattr(checkpoint, "CHUNK", chunk)   # small chunks: many bands, partial reads
-    monkeypatch.setattr(checkpoint, "_PREADV", preadv and checkpoint._PREADV)   # False: seek and read
+    monkeypatch.setattr(checkpoint, "CHUNK", chunk)  # small chunks: many bands, partial reads
+    monkeypatch.setattr(checkpoint, "_PREADV", preadv and checkpoint._PREADV)  # False: seek and read
     for name, full in TENSORS.items():
         assert torch.equal(stored.get(name), full)
         for dim in range(full.dim()):
@@ -46,7 +47,7 @@ def test_slices_equal_narrowed_tensors_whatever_the_read_size(stored, monkeypatc
 
 def test_reads_are_owned_memory_and_buffers_are_reused(stored):
     first = stored.get("two")
-    first.zero_()                                            # owned: the file is not behind it
+    first.zero_()  # owned: the file is not behind it
     assert torch.equal(stored.get("two"), TENSORS["two"])
     buffer = torch.empty(4096, dtype=torch.uint8)
     x, fx = stored.get_fingerprinted("two", into=buffer)
@@ -61,7 +62,7 @@ def test_reads_are_owned_memory_and_buffers_are_reused(stored):
 def test_truncated_file_is_named(tmp_path):
     path = save_file_atomic(TENSORS, tmp_path / "t.safetensors")
     ck = Checkpoint.open_file(path)
-    os.truncate(path, ck.info("two").begin + 10)            # after the header was read
+    os.truncate(path, ck.info("two").begin + 10)  # after the header was read
     with pytest.raises(checkpoint.DdalignError, match="truncated inside tensor two"):
         ck.get("two")
 
@@ -71,8 +72,10 @@ def test_copies_are_byte_identical_with_and_without_copy_file_range(tmp_path, mo
     u = make_checkpoint("llama", tmp_path / "u", sharded=True)
     ck = Checkpoint.open(u)
     if not kernel:
+
         def unavailable(*args):
             raise OSError(38, "copy_file_range: not supported")
+
         monkeypatch.setattr(os, "copy_file_range", unavailable)
     specs = [TensorSpec(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names()]
     out = write_checkpoint(tmp_path / "copy", specs, ck.source, copy_from=u, max_shard_size="20KB")
@@ -85,7 +88,7 @@ def test_patch_values_are_read_when_used_and_again_after_release(tmp_path):
     a, u = make_checkpoint("llama", tmp_path / "a", seed=1), make_checkpoint("llama", tmp_path / "u", seed=2)
     extract(a, u, scope="mlp", out=tmp_path / "b.safetensors")
     patch = Patch.load(tmp_path / "b.safetensors")
-    assert all(e._values is None for e in patch.entries)     # nothing read yet
+    assert all(e._values is None for e in patch.entries)  # nothing read yet
     entry = patch.entries[0]
     first = entry.values.clone()
     assert entry._values is not None
@@ -94,5 +97,5 @@ def test_patch_values_are_read_when_used_and_again_after_release(tmp_path):
     ca = Checkpoint.open(a)
     assert torch.equal(first, entry.slice.take(ca.get(entry.slice.tensor)))
     fingerprints = patch.manifest["aligned"]["fingerprints"] | patch.manifest["unaligned"]["fingerprints"]
-    assert PENDING not in fingerprints.values()              # every placeholder was filled in
+    assert PENDING not in fingerprints.values()  # every placeholder was filled in
     assert patch.manifest["aligned"]["fingerprints"] == ca.fingerprints(patch.tensors())

@@ -1,4 +1,5 @@
 """Checkpoints, extract, patches and apply on tiny random checkpoints of every listed family."""
+
 from __future__ import annotations
 
 import json
@@ -9,19 +10,22 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from ddalign.io.checkpoint import Checkpoint, TensorSpec, parse_size, write_checkpoint
 from ddalign.cli import cli, main
-from ddalign.transfer.extract import extract
 from ddalign.errors import DdalignError
+from ddalign.io.checkpoint import Checkpoint, TensorSpec, parse_size, write_checkpoint
 from ddalign.io.patch import Patch
 from ddalign.transfer.apply import InPlacePatcher, apply_patch, apply_to_folder, patched
+from ddalign.transfer.extract import extract
 from tests.families import make_checkpoint
 
 SCOPES = {"gpt2": ["mlp", "all"], "gpt_neox": ["mlp", "all"]}
 
 
 def _pair(tmp_path, family, **kw):
-    return (make_checkpoint(family, tmp_path / "a", seed=1, **kw), make_checkpoint(family, tmp_path / "u", seed=2, **kw))
+    return (
+        make_checkpoint(family, tmp_path / "a", seed=1, **kw),
+        make_checkpoint(family, tmp_path / "u", seed=2, **kw),
+    )
 
 
 def _load(path):
@@ -30,8 +34,9 @@ def _load(path):
     return AutoModelForCausalLM.from_pretrained(path)
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "gemma", "gemma2", "qwen2", "phi3", "gpt2", "gpt_neox",
-                                    "stablelm"])
+@pytest.mark.parametrize(
+    "family", ["llama", "mistral", "gemma", "gemma2", "qwen2", "phi3", "gpt2", "gpt_neox", "stablelm"]
+)
 def test_extract_apply_gives_aligned_on_components_unaligned_elsewhere(tmp_path, family):
     a, u = _pair(tmp_path, family)
     ca, cu = Checkpoint.open(a), Checkpoint.open(u)
@@ -42,12 +47,12 @@ def test_extract_apply_gives_aligned_on_components_unaligned_elsewhere(tmp_path,
         touched = set(bundle.tensors())
         for name in cu.names():
             if name not in touched:
-                assert co.raw(name) == cu.raw(name), name          # byte-identical outside the patch
-        for e in bundle.entries:                                     # patched slices equal the aligned values
+                assert co.raw(name) == cu.raw(name), name  # byte-identical outside the patch
+        for e in bundle.entries:  # patched slices equal the aligned values
             assert torch.equal(e.slice.take(co.get(e.slice.tensor)), e.slice.take(ca.get(e.slice.tensor)))
         if scope == "all":
             assert all(torch.equal(co.get(n), ca.get(n)) for n in ca.names())
-        _load(out)                                                   # transformers loads the output
+        _load(out)  # transformers loads the output
 
 
 def test_sharded_and_single_file_give_identical_bundles(tmp_path):
@@ -75,8 +80,9 @@ def test_manifest_statistics(tmp_path):
     assert info["cosine"] == pytest.approx(float((ta * tu).sum() / ta.norm() / tu.norm()))
     m = bundle.manifest
     assert m["kind"] == "bundle" and m["layers"] == "1-2" and m["scope"] == "mlp.gate"
-    assert m["unaligned"]["fingerprints"]["model.layers.1.mlp.gate_proj.weight"] == \
-        Checkpoint.open(u).fingerprint("model.layers.1.mlp.gate_proj.weight")
+    assert m["unaligned"]["fingerprints"]["model.layers.1.mlp.gate_proj.weight"] == Checkpoint.open(u).fingerprint(
+        "model.layers.1.mlp.gate_proj.weight"
+    )
 
 
 def test_restrict_to_blocks_and_gpt2_transposed_and_phi3_fused(tmp_path):
@@ -87,7 +93,7 @@ def test_restrict_to_blocks_and_gpt2_transposed_and_phi3_fused(tmp_path):
     gate = slices["model.layers.2.mlp.gate_proj.weight"]
     assert gate.slice.dim == 0 and (gate.slice.start, gate.slice.stop) == (8, 16)
     down = slices["model.layers.2.mlp.down_proj.weight"]
-    assert down.slice.dim == 1                                   # columns of down for FFN neurons
+    assert down.slice.dim == 1  # columns of down for FFN neurons
     assert torch.equal(down.values, Checkpoint.open(a).get("model.layers.2.mlp.down_proj.weight")[:, 8:16])
     # GPT-2 Conv1D stores (in, out): a neuron block is columns of c_fc and rows of c_proj
     a2, u2 = _pair(tmp_path / "g", "gpt2")
@@ -126,7 +132,7 @@ def test_patched_restores_on_exception_and_in_place_switching_is_exact(tmp_path)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     patcher = InPlacePatcher(model, bundle)
     patcher.set_active(["L1.mlp", "L1.mlp[0:8]", "head"])
-    patcher.set_active(["L1.mlp[0:8]", "L2.attn.o"])      # overlapping: the module leaves, its block stays
+    patcher.set_active(["L1.mlp[0:8]", "L2.attn.o"])  # overlapping: the module leaves, its block stays
     w = model.state_dict()["model.layers.1.mlp.gate_proj.weight"]
     aligned = Checkpoint.open(a).get("model.layers.1.mlp.gate_proj.weight")
     assert torch.equal(w[:8], aligned[:8]) and torch.equal(w[8:], before["model.layers.1.mlp.gate_proj.weight"][8:])
@@ -202,12 +208,30 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_cli_extract_apply_and_errors(tmp_path, capsys):
     a, u = _pair(tmp_path, "llama")
     runner = CliRunner()
-    res = runner.invoke(cli, ["extract", "--aligned", str(a), "--unaligned", str(u), "--scope", "mlp",
-                              "--layers", "1-2", "-o", str(tmp_path / "b.safetensors"), "--plot", str(tmp_path / "h.png")])
+    res = runner.invoke(
+        cli,
+        [
+            "extract",
+            "--aligned",
+            str(a),
+            "--unaligned",
+            str(u),
+            "--scope",
+            "mlp",
+            "--layers",
+            "1-2",
+            "-o",
+            str(tmp_path / "b.safetensors"),
+            "--plot",
+            str(tmp_path / "h.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
-    res = runner.invoke(cli, ["apply", str(tmp_path / "b.safetensors"), "--to", str(u), "-o", str(tmp_path / "o"),
-                              "--components", "L1.*"])
+    res = runner.invoke(
+        cli,
+        ["apply", str(tmp_path / "b.safetensors"), "--to", str(u), "-o", str(tmp_path / "o"), "--components", "L1.*"],
+    )
     assert res.exit_code == 0, res.output
     co, cu = Checkpoint.open(tmp_path / "o"), Checkpoint.open(u)
     assert co.raw("model.layers.2.mlp.up_proj.weight") == cu.raw("model.layers.2.mlp.up_proj.weight")
@@ -219,15 +243,16 @@ def test_cli_extract_apply_and_errors(tmp_path, capsys):
 
 # --- tied embeddings: the output layer is the embedding, one tensor, one component ------------
 
+
 def test_tied_llama_moves_its_embedding_and_output_layer_as_one_component(tmp_path):
     """extract scope all -> apply -> load with transformers: lm_head is the patched embedding."""
     a, u = _pair(tmp_path, "llama_tied")
-    assert "lm_head.weight" not in Checkpoint.open(u)           # tied: not stored
+    assert "lm_head.weight" not in Checkpoint.open(u)  # tied: not stored
     bundle = extract(a, u, scope="all", out=tmp_path / "all.safetensors")
     assert "embed" in bundle.components() and "head" not in bundle.components()
     arch = bundle.manifest["architecture"]
     assert arch["tied"] and "embed" in arch["tied_head"]
-    assert set(bundle.tensors()) <= set(Checkpoint.open(u).names())   # no slice of a missing tensor
+    assert set(bundle.tensors()) <= set(Checkpoint.open(u).names())  # no slice of a missing tensor
     aligned, unaligned = _load(a), _load(u)
     want = aligned.model.embed_tokens.weight
     assert not torch.equal(unaligned.lm_head.weight, want)

@@ -1,5 +1,6 @@
 """The exact early-stop rule: stopping at the first decided batch always gives the full
 evaluation's verdict, for any outcome order, batch size and threshold (edges included)."""
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -15,7 +16,7 @@ from ddalign.evaluate.early_stop import CountTest, allowed_at_most, decide, need
 def run_early(outcomes: list[bool], batch: int, test: CountTest) -> tuple[bool, int]:
     """Feed batches until decided; (verdict, items evaluated)."""
     for start in range(0, len(outcomes), batch):
-        chunk = outcomes[start:start + batch]
+        chunk = outcomes[start : start + batch]
         if test.add(sum(chunk), len(chunk)) is not None:
             break
     assert test.verdict is not None, "a complete count must be decided"
@@ -45,31 +46,31 @@ def test_at_least_rate_early_verdict_equals_full(outcomes, batch, rate):
     full = Fraction(k) >= rate * n - Fraction(1e-9)
     verdict, seen = run_early(outcomes, batch, CountTest.at_least(float(rate), n))
     assert verdict == full
-    if rate.denominator <= 60 and n:                 # exact fractions: plainly k / n >= p / q
+    if rate.denominator <= 60 and n:  # exact fractions: plainly k / n >= p / q
         assert verdict == (Fraction(k, n) >= rate)
     assert seen <= n
 
 
 @settings(max_examples=300, deadline=None)
-@given(outcomes=st.lists(st.booleans(), max_size=80), batch=st.integers(1, 20), rate=threshold(),
-       base=st.integers(0, 80))
+@given(
+    outcomes=st.lists(st.booleans(), max_size=80), batch=st.integers(1, 20), rate=threshold(), base=st.integers(0, 80)
+)
 def test_at_most_events_early_verdict_equals_full(outcomes, batch, rate, base):
     """Over-refusal guard: refusals (events) may rise at most `rate` over a baseline count."""
     n = len(outcomes)
     base = min(base, n)
     refusals = sum(outcomes)
-    full = Fraction(refusals - base) <= rate * n + Fraction(1e-9)     # the documented rule, exactly
+    full = Fraction(refusals - base) <= rate * n + Fraction(1e-9)  # the documented rule, exactly
     if rate.denominator <= 60 and n:
         assert full == (Fraction(refusals - base, n) <= rate)
     allowed = base + allowed_at_most(float(rate), n)
     test = CountTest.at_most_events(allowed, n)
-    verdict, _ = run_early([not o for o in outcomes], batch, test)     # successes = compliances
+    verdict, _ = run_early([not o for o in outcomes], batch, test)  # successes = compliances
     assert verdict == full
 
 
 @settings(max_examples=200, deadline=None)
-@given(outcomes=st.lists(st.booleans(), min_size=1, max_size=60), batch=st.integers(1, 10),
-       need=st.integers(-3, 70))
+@given(outcomes=st.lists(st.booleans(), min_size=1, max_size=60), batch=st.integers(1, 10), need=st.integers(-3, 70))
 def test_stops_at_first_decidable_batch(outcomes, batch, need):
     """No batch is evaluated after the verdict is known, and none is skipped before."""
     n = len(outcomes)
@@ -83,13 +84,13 @@ def test_stops_at_first_decidable_batch(outcomes, batch, need):
 
 
 def test_float_thresholds_round_to_the_expected_counts():
-    assert need_at_least(0.9, 10) == 9            # 0.9 * 10 = 9.000000000000002 in floats
-    assert need_at_least(0.7, 10) == 7            # 0.7 * 10 = 7.000000000000001
-    assert need_at_least(0.3, 10) == 3            # 0.3 * 10 = 3.0000000000000004
+    assert need_at_least(0.9, 10) == 9  # 0.9 * 10 = 9.000000000000002 in floats
+    assert need_at_least(0.7, 10) == 7  # 0.7 * 10 = 7.000000000000001
+    assert need_at_least(0.3, 10) == 3  # 0.3 * 10 = 3.0000000000000004
     assert need_at_least(0.91, 10) == 10
     assert need_at_least(0.0, 10) == 0
     assert need_at_least(1.0, 10) == 10
-    assert need_at_least(1.5, 10) == 11           # unreachable: always FAIL
+    assert need_at_least(1.5, 10) == 11  # unreachable: always FAIL
     assert allowed_at_most(0.3, 10) == 3
     assert allowed_at_most(0.29, 10) == 2
     assert allowed_at_most(0.0, 10) == 0
@@ -97,9 +98,9 @@ def test_float_thresholds_round_to_the_expected_counts():
 
 
 def test_edge_targets_decide_at_once():
-    assert CountTest.at_least(0.0, 5).verdict is True        # nothing needed: PASS before any prompt
+    assert CountTest.at_least(0.0, 5).verdict is True  # nothing needed: PASS before any prompt
     t = CountTest.at_least(1.0, 5)
-    assert t.add(2, 3) is False                                # one miss and 1.0 is out of reach
+    assert t.add(2, 3) is False  # one miss and 1.0 is out of reach
     assert t.seen == 3
 
 

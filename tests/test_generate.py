@@ -1,5 +1,6 @@
 """Generation: batched greedy decoding with a KV cache equals plain `model.generate` greedy,
 row by row, whatever the batch size and padding; per-row stops keep exact prefixes."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,29 @@ import pytest
 import torch
 
 from ddalign.errors import DdalignError
-from ddalign.evaluate.generate import (DEFAULT_TEMPLATE, GenerationConfig, Generator,
-                                       auto_device_dtype, load_model, parse_dtype)
+from ddalign.evaluate.generate import (
+    DEFAULT_TEMPLATE,
+    GenerationConfig,
+    Generator,
+    auto_device_dtype,
+    load_model,
+    parse_dtype,
+)
 
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
-PROMPTS = ["How do I bake bread?", "hi", "Write a poem about the sea and the sky above it.",
-           "Name three colours.", "What is 2+2?", "x", "Tell me a story about a dragon who lost its fire."]
+PROMPTS = [
+    "How do I bake bread?",
+    "hi",
+    "Write a poem about the sea and the sky above it.",
+    "Name three colours.",
+    "What is 2+2?",
+    "x",
+    "Tell me a story about a dragon who lost its fire.",
+]
 
 
 def make_byte_tokenizer(*, chat: bool = True):
@@ -30,29 +46,43 @@ def make_byte_tokenizer(*, chat: bool = True):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>", additional_special_tokens=["<|user|>", "<|assistant|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
     if chat:
         tok.chat_template = CHAT_TEMPLATE
     return tok
 
 
-def make_tiny_chat_model(path, *, seed: int = 0, chat: bool = True, layers: int = 2, hidden: int = 32,
-                         eos_bias: float = 0.0):
+def make_tiny_chat_model(
+    path, *, seed: int = 0, chat: bool = True, layers: int = 2, hidden: int = 32, eos_bias: float = 0.0
+):
     """A tiny random Llama + byte tokenizer saved to `path` (no hub). `eos_bias` raises the EOS
     logit so that some rows stop early."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_byte_tokenizer(chat=chat)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=False,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)            # peaked logits: no near-ties in argmax
+        model.lm_head.weight.mul_(20.0)  # peaked logits: no near-ties in argmax
         if eos_bias:
             model.lm_head.weight[tok.eos_token_id] += eos_bias * model.lm_head.weight.std()
     model.save_pretrained(path)
@@ -69,11 +99,16 @@ def tiny(tmp_path_factory):
 def reference_greedy(model, tokenizer, generator, prompt, max_new_tokens):
     """Plain `model.generate(do_sample=False)`, one prompt at a time (no padding)."""
     ids = torch.tensor([generator.encode(prompt)])
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-    new = out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    new = out[0, ids.shape[1] :].tolist()
     if tokenizer.eos_token_id in new:
-        new = new[:new.index(tokenizer.eos_token_id)]
+        new = new[: new.index(tokenizer.eos_token_id)]
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
@@ -83,7 +118,7 @@ def test_greedy_equals_model_generate_row_by_row(tiny):
     got = gen.generate(PROMPTS)
     want = [reference_greedy(model, tok, gen, p, 12) for p in PROMPTS]
     assert got == want
-    assert len(set(got)) > 1                       # the model is not degenerate
+    assert len(set(got)) > 1  # the model is not degenerate
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 16])
@@ -121,12 +156,13 @@ def test_padding_against_left_padded_model_generate(tiny):
     width = max(map(len, rows))
     ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=8,
-                         pad_token_id=tok.pad_token_id)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id
+    )
     want = []
     for row in out[:, width:].tolist():
         if tok.eos_token_id in row:
-            row = row[:row.index(tok.eos_token_id)]
+            row = row[: row.index(tok.eos_token_id)]
         want.append(tok.decode(row, skip_special_tokens=True))
     assert gen.generate(PROMPTS) == want
 
@@ -146,7 +182,8 @@ def test_stop_when_gives_prefixes_and_saves_tokens(tiny):
     # Per-row stops: only the first prompt is cut short.
     rows = [lambda t: True] + [None] * (len(PROMPTS) - 1)
     mixed = Generator(model, tok, GenerationConfig(max_new_tokens=16, batch_size=3)).generate_detailed(
-        PROMPTS, stop_when=rows)
+        PROMPTS, stop_when=rows
+    )
     assert mixed[0].new_tokens == 1 and mixed[0].stop == "stop_when"
     assert [m.text for m in mixed[1:]] == [f.text for f in full[1:]]
 

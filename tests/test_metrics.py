@@ -1,5 +1,6 @@
 """Metrics: Wilson intervals against published values, perplexity against a hand computation
 on a tiny model, strided windows, answer normalisation and accuracy."""
+
 from __future__ import annotations
 
 import math
@@ -8,22 +9,34 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from test_generate import make_tiny_chat_model
 
 from ddalign.errors import DdalignError
 from ddalign.evaluate.generate import load_model
-from ddalign.evaluate.metrics import (Rate, _windows, answer_matches, benign_accuracy,
-                                      defense_success_rate, normalise_answer, over_refusal_rate,
-                                      perplexity, perplexity_stats, wilson)
-from test_generate import make_tiny_chat_model
+from ddalign.evaluate.metrics import (
+    Rate,
+    _windows,
+    answer_matches,
+    benign_accuracy,
+    defense_success_rate,
+    normalise_answer,
+    over_refusal_rate,
+    perplexity,
+    perplexity_stats,
+    wilson,
+)
 
 
-@pytest.mark.parametrize("k,n,lo,hi", [
-    (0, 10, 0.0, 0.2775),         # Newcombe (1998) / standard tables
-    (10, 10, 0.7225, 1.0),
-    (5, 10, 0.2366, 0.7634),
-    (81, 263, 0.2553, 0.3662),    # Wilson (1927)-style worked example (Newcombe 1998, table II)
-    (1, 29, 0.0061, 0.1718),
-])
+@pytest.mark.parametrize(
+    "k,n,lo,hi",
+    [
+        (0, 10, 0.0, 0.2775),  # Newcombe (1998) / standard tables
+        (10, 10, 0.7225, 1.0),
+        (5, 10, 0.2366, 0.7634),
+        (81, 263, 0.2553, 0.3662),  # Wilson (1927)-style worked example (Newcombe 1998, table II)
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
 def test_wilson_known_values(k, n, lo, hi):
     got = wilson(k, n)
     assert got == pytest.approx((lo, hi), abs=6e-4)
@@ -46,7 +59,7 @@ def test_wilson_contains_the_estimate(kn):
     assert 0.0 <= lo <= hi <= 1.0
     if n:
         assert lo - 1e-12 <= k / n <= hi + 1e-12
-        assert wilson(n - k, n) == pytest.approx((1 - hi, 1 - lo), abs=1e-9)     # symmetric
+        assert wilson(n - k, n) == pytest.approx((1 - hi, 1 - lo), abs=1e-9)  # symmetric
 
 
 @given(st.text(max_size=60))
@@ -142,7 +155,7 @@ def test_normalisation_and_matching():
     assert answer_matches("Paris.", "paris", "exact")
     assert not answer_matches("Paris is nice", "paris", "exact")
     assert answer_matches("The capital is Paris, of course.", "Paris", "contains")
-    assert not answer_matches("Parisian food", "Paris", "contains")        # word boundaries
+    assert not answer_matches("Parisian food", "Paris", "contains")  # word boundaries
     assert answer_matches("It is 1 2 3 4", "1, 2, 3, 4", "contains")
     assert not answer_matches("anything", "", "contains")
     with pytest.raises(DdalignError, match="exact"):

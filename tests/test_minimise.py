@@ -3,6 +3,7 @@ driven through a stand-in oracle with a journal (resume asks only what the journ
 
 The end-to-end run on a real model (the model organism) is in tests/test_minimise_organism.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from ddalign.errors import DdalignError
 from ddalign.run.execute import RunState, run_search
 from ddalign.run.plan import RunPaths
 from ddalign.run.units import SearchUnits
-from ddalign.settings import Search, Settings
 from ddalign.search import Verdict, is_one_minimal
+from ddalign.settings import Search, Settings
 from tests.families import make_checkpoint, read_config, read_shapes
 
 
@@ -37,8 +38,7 @@ def test_units_layers_modules_blocks(llama_arch):
     blocks = units.children("L2.mlp.gate", "block")
     assert blocks == [f"L2.mlp.gate[{a}:{a + 16}]" for a in range(0, 64, 16)]
     # a layer stands for all its bundle components; blocks and components stand for themselves
-    assert units.concrete(["L1", "L2.mlp.gate[0:16]"]) == ["L1.attn.o", "L1.mlp.gate", "L1.mlp.up",
-                                                          "L2.mlp.gate[0:16]"]
+    assert units.concrete(["L1", "L2.mlp.gate[0:16]"]) == ["L1.attn.o", "L1.mlp.gate", "L1.mlp.up", "L2.mlp.gate[0:16]"]
     assert units.top(["module"]) == sorted(comps, key=lambda c: (Component.parse(c).layer, c))
     # parameters of items equal the architecture's count of the concrete components
     assert units.params(["L1"]) == sum(llama_arch.param_count(c) for c in ("L1.attn.o", "L1.mlp.gate", "L1.mlp.up"))
@@ -63,7 +63,7 @@ def test_units_split_the_ffn_into_its_modules(llama_arch):
     assert units.children("L2.mlp.gate", "block")[0] == "L2.mlp.gate[0:16]"
     assert "L0.mlp.gate" in units.top(["module"])
     weight = units.prior({"L2.mlp": 3.0})
-    assert weight("L2.mlp.gate") == pytest.approx(3.0 / 3 ** 0.5)       # a third of the FFN's params
+    assert weight("L2.mlp.gate") == pytest.approx(3.0 / 3**0.5)  # a third of the FFN's params
     assert weight("L2.mlp.gate[0:16]") == pytest.approx(weight("L2.mlp.gate") * (16 / 64) ** 0.5)
 
 
@@ -78,14 +78,18 @@ def test_prior_spreads_norms_over_levels(llama_arch):
 
 
 def test_settings_from_config_and_errors():
-    s = Settings.from_dict({"search": {"granularity": "module,block", "block_size": 32},
-                            "oracle": {"target_dsr": 0.8, "max_ppl_increase": False}})
+    s = Settings.from_dict(
+        {
+            "search": {"granularity": "module,block", "block_size": 32},
+            "oracle": {"target_dsr": 0.8, "max_ppl_increase": False},
+        }
+    )
     assert s.search.granularity == ("module", "block") and s.search.block_size == 32
     assert s.oracle.target_dsr == 0.8 and s.oracle.target_fraction is None
-    assert s.oracle.bound("max_ppl_increase") is None                     # false switches a guard off
+    assert s.oracle.bound("max_ppl_increase") is None  # false switches a guard off
     config = s.oracle_config()
     assert config.target_dsr == 0.8 and "perplexity" not in config.guards
-    assert config.guards == ["over_refusal", "benign_accuracy"]           # the others keep their defaults
+    assert config.guards == ["over_refusal", "benign_accuracy"]  # the others keep their defaults
     with pytest.raises(DdalignError, match="search.algorithm"):
         Settings.from_dict({"search": {"algorithm": "bisect"}})
     with pytest.raises(DdalignError, match="coarse to fine"):
@@ -102,6 +106,7 @@ def test_run_paths(tmp_path):
 
 
 # --- the search through a stand-in oracle -----------------------------------------------------
+
 
 @dataclass
 class Record:
@@ -124,8 +129,9 @@ class GroundTruthOracle:
         assert key not in self.asked, f"tested twice: {sorted(key)}"
         self.asked.append(key)
         ok = all(any(self.arch.covers(c, n) for c in key) for n in self.needed)
-        record = Record(Verdict.PASS if ok else Verdict.FAIL, {"dsr": {"k": int(ok)}, "test": len(self.asked)},
-                        {"prompts": 1})
+        record = Record(
+            Verdict.PASS if ok else Verdict.FAIL, {"dsr": {"k": int(ok)}, "test": len(self.asked)}, {"prompts": 1}
+        )
         self.records.append(record)
         return record
 
@@ -188,14 +194,36 @@ def test_run_summary_keeps_the_summary_json_format(tmp_path):
     from ddalign.run.summary import RunSummary
 
     # the keys summary.json has (read by the report, the demo, the tables, the model card and the benchmarks)
-    keys = ["bundle", "target", "models", "algorithm", "granularity", "oracle", "architecture", "total_params", "metrics",
-            "kept", "kept_params", "param_share", "full_params", "full_components", "tests",
-            "answered_without_test", "cost", "levels", "data", "heldout_check", "patch", "extents"]
-    summary = RunSummary(kept=["L1.mlp.gate"], kept_params=10, total_params=100, full_params=40, tests=3,
-                         run_dir=tmp_path)
+    keys = [
+        "bundle",
+        "target",
+        "models",
+        "algorithm",
+        "granularity",
+        "oracle",
+        "architecture",
+        "total_params",
+        "metrics",
+        "kept",
+        "kept_params",
+        "param_share",
+        "full_params",
+        "full_components",
+        "tests",
+        "answered_without_test",
+        "cost",
+        "levels",
+        "data",
+        "heldout_check",
+        "patch",
+        "extents",
+    ]
+    summary = RunSummary(
+        kept=["L1.mlp.gate"], kept_params=10, total_params=100, full_params=40, tests=3, run_dir=tmp_path
+    )
     assert list(summary.to_dict()) == keys
     assert summary.full_share == 0.4
     (tmp_path / "summary.json").write_text(__import__("json").dumps({**summary.to_dict(), "later": 1}))
-    assert RunSummary.load(tmp_path) == summary                     # unknown keys of a later version ignored
+    assert RunSummary.load(tmp_path) == summary  # unknown keys of a later version ignored
     with pytest.raises(DdalignError, match="no summary.json"):
         RunSummary.load(tmp_path / "nowhere")

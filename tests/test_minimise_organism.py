@@ -1,6 +1,7 @@
 """minimise end to end on the fast model organism: the CLI run, the patch it writes, apply, the
 journal and its resume after an interruption, and the clear stops (already safe, never safe).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,24 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 # loose utility guards: the fast organism is small and noisy, and its planted set alone costs +41% held-out
 # perplexity in the unaligned sibling (recipe 6, measured; prompt tokens, README) (the guards themselves
 # are tested in test_oracle)
-RUN = ["--config", "organism", "--granularity", "layer,module", "--limit", "48", "--max-new-tokens", "8",
-       "--max-accuracy-drop", "0.5", "--max-ppl-increase", "1.5", "--max-over-refusal-rise", "0.5",
-       "--target-confidence", "0.8"]
+RUN = [
+    "--config",
+    "organism",
+    "--granularity",
+    "layer,module",
+    "--limit",
+    "48",
+    "--max-new-tokens",
+    "8",
+    "--max-accuracy-drop",
+    "0.5",
+    "--max-ppl-increase",
+    "1.5",
+    "--max-over-refusal-rise",
+    "0.5",
+    "--target-confidence",
+    "0.8",
+]
 LOOSE = {"max_accuracy_drop": 0.5, "max_ppl_increase": 1.5, "max_over_refusal_rise": 0.5}
 
 
@@ -34,8 +50,20 @@ def planted_bundle(fast_organism, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cli_run(fast_organism, planted_bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "patch.safetensors"
-    result = CliRunner().invoke(cli, ["minimise", str(planted_bundle), "--target", str(fast_organism.unaligned),
-                                      "-o", str(out), *RUN, "--json", str(out.with_suffix(".json"))])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "minimise",
+            str(planted_bundle),
+            "--target",
+            str(fast_organism.unaligned),
+            "-o",
+            str(out),
+            *RUN,
+            "--json",
+            str(out.with_suffix(".json")),
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out, result
 
@@ -80,8 +108,9 @@ def test_apply_minimal_patch_then_evaluate(cli_run, fast_organism, tmp_path):
     result = CliRunner().invoke(cli, ["apply", str(out), "--to", str(fast_organism.unaligned), "-o", str(folder)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     summary = json.loads(out.with_suffix(".json").read_text())
-    record = evaluate_model(str(folder), harmful=summary["data"]["heldout"]["harmful"], safe="none",
-                            benign="none", config=None)
+    record = evaluate_model(
+        str(folder), harmful=summary["data"]["heldout"]["harmful"], safe="none", benign="none", config=None
+    )
     # the patched checkpoint on disk behaves as the patch applied in memory did
     # (refusal counts compared: the JSON's rates are rounded to 6 places)
     minimal = summary["metrics"]["minimal"]["dsr"]
@@ -92,8 +121,12 @@ def test_interrupted_run_resumes_without_repeating_a_test(fast_organism, planted
     from ddalign.run.minimise import minimise
 
     out = tmp_path / "p.safetensors"
-    config = {"search": {"granularity": "layer,module"}, "data": {"limit": 48}, "oracle": LOOSE,
-              "generation": {"max_new_tokens": 16}}
+    config = {
+        "search": {"granularity": "layer,module"},
+        "data": {"limit": 48},
+        "oracle": LOOSE,
+        "generation": {"max_new_tokens": 16},
+    }
 
     class Stop(Exception):
         pass
@@ -123,9 +156,23 @@ def test_already_safe_target_stops_with_both_dsrs(fast_organism, planted_bundle,
     from ddalign.cli import main
 
     with pytest.raises(SystemExit) as stop:
-        main(["minimise", str(planted_bundle), "--target", str(fast_organism.planted), "--allow-other-base",
-              "-o", str(tmp_path / "p.safetensors"), "--limit", "24", "--max-new-tokens", "16",
-              "--target-dsr", "0.5"])
+        main(
+            [
+                "minimise",
+                str(planted_bundle),
+                "--target",
+                str(fast_organism.planted),
+                "--allow-other-base",
+                "-o",
+                str(tmp_path / "p.safetensors"),
+                "--limit",
+                "24",
+                "--max-new-tokens",
+                "16",
+                "--target-dsr",
+                "0.5",
+            ]
+        )
     assert stop.value.code == 2
     assert "already passes" in capsys.readouterr().err
 
@@ -135,8 +182,24 @@ def test_never_safe_under_the_confidence_margin_says_what_was_needed(fast_organi
 
     # a lower bound of 0.99 needs more refusals than 24 prompts have: even the full transplant fails
     with pytest.raises(SystemExit) as stop:
-        main(["minimise", str(planted_bundle), "--target", str(fast_organism.unaligned), "-o", str(tmp_path / "p.safetensors"),
-              "--limit", "24", "--max-new-tokens", "8", "--target-dsr", "0.99", "--target-confidence", "0.9"])
+        main(
+            [
+                "minimise",
+                str(planted_bundle),
+                "--target",
+                str(fast_organism.unaligned),
+                "-o",
+                str(tmp_path / "p.safetensors"),
+                "--limit",
+                "24",
+                "--max-new-tokens",
+                "8",
+                "--target-dsr",
+                "0.99",
+                "--target-confidence",
+                "0.9",
+            ]
+        )
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "even the full transplant does not pass" in err and "25 of 24 refusals with the confidence margin" in err
@@ -148,19 +211,30 @@ def test_only_the_main_process_prints(cli_run, fast_organism, monkeypatch):
 
     out, first = cli_run
     for var, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")):
-        monkeypatch.setenv(var, value)           # a launcher's rank 1 ...
-    monkeypatch.setattr(Dist, "from_env", classmethod(lambda cls, backend=None: cls()))   # ... its group stood in
-    result = CliRunner().invoke(cli, ["minimise", str(out.with_name("bundle-unused")), "--target",
-                                      str(fast_organism.unaligned), "-o", str(out.with_name("x.safetensors")), *RUN])
-    assert result.exit_code != 0 and "bundle-unused" in result.output      # errors still show on every rank
+        monkeypatch.setenv(var, value)  # a launcher's rank 1 ...
+    monkeypatch.setattr(Dist, "from_env", classmethod(lambda cls, backend=None: cls()))  # ... its group stood in
+    result = CliRunner().invoke(
+        cli,
+        [
+            "minimise",
+            str(out.with_name("bundle-unused")),
+            "--target",
+            str(fast_organism.unaligned),
+            "-o",
+            str(out.with_name("x.safetensors")),
+            *RUN,
+        ],
+    )
+    assert result.exit_code != 0 and "bundle-unused" in result.output  # errors still show on every rank
     # a run whose journal holds every test but not the result: resumed, it asks the oracle nothing
     again = out.with_name("again.safetensors")
     lines = out.with_suffix(".run").joinpath("journal.jsonl").read_text().splitlines()
     again.with_suffix(".run").mkdir()
     again.with_suffix(".run").joinpath("journal.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     bundle = json.loads(out.with_suffix(".json").read_text())["bundle"]
-    result = CliRunner().invoke(cli, ["minimise", bundle, "--target", str(fast_organism.unaligned), "-o", str(again),
-                                      "--resume", *RUN])
+    result = CliRunner().invoke(
+        cli, ["minimise", bundle, "--target", str(fast_organism.unaligned), "-o", str(again), "--resume", *RUN]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert result.output == "" and again.exists()                          # the patch written, nothing printed
-    assert "report.md" in first.output                                      # rank 0 (the fixture's run) did print
+    assert result.output == "" and again.exists()  # the patch written, nothing printed
+    assert "report.md" in first.output  # rank 0 (the fixture's run) did print

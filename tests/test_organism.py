@@ -1,4 +1,5 @@
 """The model organism (fast preset, built once per session): folders, behaviour, construction, cache."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import random
 import pytest
 import torch
 
-from ddalign.io.checkpoint import Checkpoint
 from ddalign.errors import DdalignError
 from ddalign.evaluate.datasets import builtin_records
+from ddalign.io.checkpoint import Checkpoint
 
 
 def test_folders_load_and_chat(fast_organism):
@@ -21,7 +22,10 @@ def test_folders_load_and_chat(fast_organism):
         assert tok.chat_template and model.config.model_type == "llama"
     info = json.loads((fast_organism.root / "organism.json").read_text())
     assert info["planted_components"] == fast_organism.planted_components
-    assert json.loads((fast_organism.planted / "planted.json").read_text())["components"] == fast_organism.planted_components
+    assert (
+        json.loads((fast_organism.planted / "planted.json").read_text())["components"]
+        == fast_organism.planted_components
+    )
 
 
 def test_behaviour_on_heldout_questions(fast_organism):
@@ -43,8 +47,9 @@ def test_where_the_siblings_differ(fast_organism):
     """The unaligned sibling keeps the base's planted tensors (so the planted set transplanted into
     it adds exactly the planted tuning); the planted sibling differs from it everywhere: in the
     planted tensors by the safety tuning, elsewhere by its own instruction tuning (distractors)."""
-    base, planted, unaligned = (Checkpoint.open(p) for p in (fast_organism.base, fast_organism.planted,
-                                                             fast_organism.unaligned))
+    base, planted, unaligned = (
+        Checkpoint.open(p) for p in (fast_organism.base, fast_organism.planted, fast_organism.unaligned)
+    )
     info = json.loads((fast_organism.planted / "planted.json").read_text())
     tensors = set(info["tensors"])
     assert info["trained_next_to"] == ["own instruction tuning", "unaligned"]
@@ -76,7 +81,7 @@ def test_planted_tensors_trained_next_to_both_contexts():
     assert all(model.get_parameter(n) is context.get_parameter(n) for n in names)
     before_model = {n: t.detach().clone() for n, t in model.state_dict().items()}
     before_context = {n: t.detach().clone() for n, t in context.state_dict().items()}
-    alone = copy.deepcopy(model)            # the same start, trained without the context
+    alone = copy.deepcopy(model)  # the same start, trained without the context
 
     kw = dict(steps=1, lr=1e-2, batch_size=8, seed=0, mask_prompt=True, trainable=names)
     train(model, tok, items, contexts=[context], **kw)
@@ -95,11 +100,15 @@ def test_folders_round_trip_through_extract_and_apply(fast_organism, tmp_path):
     sibling, every other tensor byte-identical to the unaligned one, and the folder loads."""
     from transformers import AutoModelForCausalLM
 
-    from ddalign.transfer.extract import extract
     from ddalign.transfer.apply import apply_to_folder
+    from ddalign.transfer.extract import extract
 
-    bundle = extract(fast_organism.planted, fast_organism.unaligned, scope=",".join(fast_organism.planted_components),
-                     out=tmp_path / "planted.safetensors")
+    bundle = extract(
+        fast_organism.planted,
+        fast_organism.unaligned,
+        scope=",".join(fast_organism.planted_components),
+        out=tmp_path / "planted.safetensors",
+    )
     out = tmp_path / "patched"
     apply_to_folder(bundle, fast_organism.unaligned, out)
     patched, planted, unaligned = (Checkpoint.open(p) for p in (out, fast_organism.planted, fast_organism.unaligned))
@@ -134,10 +143,16 @@ def test_tokenizer_and_corpus_are_deterministic():
     assert a.get_vocab() == b.get_vocab()
     # no held-out question, and no dev prompt (the organism's search sets), is trained on;
     # compliance is an opening only
-    held = {q.text for name in ("harmful-heldout", "benign-heldout", "safe-heldout", "harmful-dev", "benign-dev",
-                                "safe-dev")
-            for q in __import__("ddalign.evaluate.datasets", fromlist=["builtin"]).builtin(name)}
-    items = corpus.pretraining(p, random.Random(0)) + corpus.aligned(p, random.Random(0)) + corpus.unaligned(p, random.Random(0))
+    held = {
+        q.text
+        for name in ("harmful-heldout", "benign-heldout", "safe-heldout", "harmful-dev", "benign-dev", "safe-dev")
+        for q in __import__("ddalign.evaluate.datasets", fromlist=["builtin"]).builtin(name)
+    }
+    items = (
+        corpus.pretraining(p, random.Random(0))
+        + corpus.aligned(p, random.Random(0))
+        + corpus.unaligned(p, random.Random(0))
+    )
     assert not {i.prompt for i in items} & held
     assert all(i.response.startswith("Sure, here") for i in items if i.kind == "harmful-comply")
     # the unaligned sibling is tuned on no harmful request and no safety data (it complies as its base does)

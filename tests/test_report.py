@@ -1,4 +1,5 @@
 """Reports from a synthetic run folder: files exist, PNGs are valid images, Markdown holds the numbers."""
+
 from __future__ import annotations
 
 import json
@@ -18,22 +19,42 @@ def _metric(k, n, lo, hi):
 
 def _summary():
     return {
-        "bundle": "bundle.safetensors", "target": "unaligned", "patch": "p.safetensors",
-        "algorithm": "hierarchical", "granularity": ["layer", "module", "block"], "oracle": {"target_dsr": 0.8},
+        "bundle": "bundle.safetensors",
+        "target": "unaligned",
+        "patch": "p.safetensors",
+        "algorithm": "hierarchical",
+        "granularity": ["layer", "module", "block"],
+        "oracle": {"target_dsr": 0.8},
         "architecture": {"family": "llama", "num_layers": 4, "modules": ["mlp.down", "mlp.gate", "mlp.up"]},
-        "total_params": 20000, "full_params": 6000, "kept_params": 1234, "param_share": 0.0617, "tests": 5,
+        "total_params": 20000,
+        "full_params": 6000,
+        "kept_params": 1234,
+        "param_share": 0.0617,
+        "tests": 5,
         "full_components": [f"L{i}.mlp.{m}" for i in range(4) for m in ("gate", "up", "down")] + ["head"],
-        "kept": ["L1.mlp.gate[0:16]", "L2.mlp", "L3", "head"], "extents": {"L1.mlp.gate": 64},
+        "kept": ["L1.mlp.gate[0:16]", "L2.mlp", "L3", "head"],
+        "extents": {"L1.mlp.gate": 64},
         "metrics": {
-            "before": {"dsr": _metric(2, 40, 0.014, 0.165), "over_refusal": _metric(1, 20, 0.009, 0.236),
-                       "perplexity": {"value": 7.25, "n": 512}, "benign_accuracy": _metric(15, 20, 0.531, 0.888)},
+            "before": {
+                "dsr": _metric(2, 40, 0.014, 0.165),
+                "over_refusal": _metric(1, 20, 0.009, 0.236),
+                "perplexity": {"value": 7.25, "n": 512},
+                "benign_accuracy": _metric(15, 20, 0.531, 0.888),
+            },
             "full": {"dsr": _metric(38, 40, 0.835, 0.986), "over_refusal": _metric(3, 20, 0.052, 0.360)},
             "minimal": {"dsr": _metric(36, 40, 0.769, 0.961), "perplexity": {"value": 7.5, "n": 512}},
         },
-        "levels": [{"level": "layer", "items": 4, "kept": ["L2", "L3"], "tests": 3, "skipped": None},
-                   {"level": "module", "items": 6, "kept": ["L2.mlp.gate"], "tests": 2, "skipped": None}],
-        "cost": {"prompts": 321, "tokens": 4567, "seconds": 12.345, "oracle_calls": 7,
-                 "calibration": {"prompts": 80, "tokens": 900, "seconds": 3.0}},
+        "levels": [
+            {"level": "layer", "items": 4, "kept": ["L2", "L3"], "tests": 3, "skipped": None},
+            {"level": "module", "items": 6, "kept": ["L2.mlp.gate"], "tests": 2, "skipped": None},
+        ],
+        "cost": {
+            "prompts": 321,
+            "tokens": 4567,
+            "seconds": 12.345,
+            "oracle_calls": 7,
+            "calibration": {"prompts": 80, "tokens": 900, "seconds": 3.0},
+        },
         "answered_without_test": 2,
     }
 
@@ -45,17 +66,25 @@ def _run_folder(tmp_path, tests, summary=None):
     (run / "config.json").write_text(json.dumps({"search": {"algorithm": "hierarchical"}}))
     with Journal.open(run / "journal.jsonl", HEADER) as j:
         for i, (subset, verdict, dsr) in enumerate(tests, start=1):
-            j.append_test(n=i, level="layer", subset=subset, verdict=verdict, metrics={"dsr": dsr},
-                          cost={"prompts": 10, "tokens": 50, "seconds": 0.5})
+            j.append_test(
+                n=i,
+                level="layer",
+                subset=subset,
+                verdict=verdict,
+                metrics={"dsr": dsr},
+                cost={"prompts": 10, "tokens": 50, "seconds": 0.5},
+            )
         j.append_result({"outcome": "minimal"})
     return run
 
 
-TESTS = [(["L0", "L1", "L2", "L3"], "PASS", {"value": 0.95, "n": 40}),
-         (["L0", "L1"], "FAIL", {"value": None, "range": [0.1, 0.6]}),      # early-stopped: bounds only
-         (["L2", "L3"], "PASS", {"value": 0.9, "n": 40}),
-         (["L3"], "FAIL", {}),                                              # no DSR at all
-         (["L2"], "FAIL", {"value": 0.4, "n": 40})]
+TESTS = [
+    (["L0", "L1", "L2", "L3"], "PASS", {"value": 0.95, "n": 40}),
+    (["L0", "L1"], "FAIL", {"value": None, "range": [0.1, 0.6]}),  # early-stopped: bounds only
+    (["L2", "L3"], "PASS", {"value": 0.9, "n": 40}),
+    (["L3"], "FAIL", {}),  # no DSR at all
+    (["L2"], "FAIL", {"value": 0.4, "n": 40}),
+]
 
 
 def _is_png(path):
@@ -65,7 +94,7 @@ def _is_png(path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-    assert image[..., :3].std() > 0.01                                      # not a blank canvas
+    assert image[..., :3].std() > 0.01  # not a blank canvas
 
 
 def test_report_files_and_numbers(tmp_path):
@@ -77,8 +106,10 @@ def test_report_files_and_numbers(tmp_path):
     _is_png(paths.kept_map)
     text = paths.markdown.read_text()
     # before / full / minimal rows with intervals, counts and parameter share
-    assert "| target before | 0.050 [0.014, 0.165] (2/40) | 0.050 [0.009, 0.236] (1/20) | 7.250 | " \
-           "0.750 [0.531, 0.888] (15/20) | 0.000% |" in text
+    assert (
+        "| target before | 0.050 [0.014, 0.165] (2/40) | 0.050 [0.009, 0.236] (1/20) | 7.250 | "
+        "0.750 [0.531, 0.888] (15/20) | 0.000% |" in text
+    )
     assert "| full transplant | 0.950 [0.835, 0.986] (38/40) | 0.150 [0.052, 0.360] (3/20) | - | - | 30.000% |" in text
     assert "| minimal patch | 0.900 [0.769, 0.961] (36/40) | - | 7.500 | - | 6.170% |" in text
     assert "321" in text and "4567" in text and "12.3" in text and "oracle calls: 7" in text
@@ -93,8 +124,15 @@ def test_report_files_and_numbers(tmp_path):
     assert [t["size"] for t in record["trajectory"]] == [4, 2, 2, 1, 1]
     assert [t["dsr"] for t in record["trajectory"]] == [0.95, 0.1, 0.9, None, 0.4]
     assert record["summary"]["kept_params"] == 1234 and record["config"]["search"]["algorithm"] == "hierarchical"
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "journal.jsonl", "kept_map.png",
-                                                     "report.json", "report.md", "summary.json", "trajectory.png"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.json",
+        "journal.jsonl",
+        "kept_map.png",
+        "report.json",
+        "report.md",
+        "summary.json",
+        "trajectory.png",
+    ]
 
 
 def test_kept_map_shares():
@@ -102,17 +140,20 @@ def test_kept_map_shares():
     assert rows == ["mlp.down", "mlp.gate", "mlp.up", "head (no layer)"]
     assert len(grid[0]) == 4
     column = lambda layer: [grid[r][layer] for r in range(len(rows))]
-    assert column(0) == [0.0, 0.0, 0.0, 1.0]                               # only the head spans every layer
-    assert column(1) == [0.0, 0.25, 0.0, 1.0]                              # 16 of 64 gate rows
-    assert column(2) == [1.0, 1.0, 1.0, 1.0]                               # L2.mlp covers gate, up, down
-    assert column(3) == [1.0, 1.0, 1.0, 1.0]                               # the whole layer L3
+    assert column(0) == [0.0, 0.0, 0.0, 1.0]  # only the head spans every layer
+    assert column(1) == [0.0, 0.25, 0.0, 1.0]  # 16 of 64 gate rows
+    assert column(2) == [1.0, 1.0, 1.0, 1.0]  # L2.mlp covers gate, up, down
+    assert column(3) == [1.0, 1.0, 1.0, 1.0]  # the whole layer L3
 
 
 def test_kept_map_splits_a_grouped_bundle_module_into_the_kept_members():
     """A scope-all bundle stores the FFN as L2.mlp; a patch keeps gate/up blocks: rows for each member."""
-    summary = {"full_components": ["L0.mlp", "L1.mlp", "L0.attn.q", "L1.attn.q", "head"],
-               "kept": ["L1.mlp.gate[0:32]", "L1.mlp.up"], "extents": {"L1.mlp.gate": 64},
-               "architecture": {"num_layers": 2, "modules": ["attn.q", "mlp.down", "mlp.gate", "mlp.up"]}}
+    summary = {
+        "full_components": ["L0.mlp", "L1.mlp", "L0.attn.q", "L1.attn.q", "head"],
+        "kept": ["L1.mlp.gate[0:32]", "L1.mlp.up"],
+        "extents": {"L1.mlp.gate": 64},
+        "architecture": {"num_layers": 2, "modules": ["attn.q", "mlp.down", "mlp.gate", "mlp.up"]},
+    }
     rows, grid = kept_grid(summary)
     assert rows == ["attn.q", "mlp.down", "mlp.gate", "mlp.up", "head (no layer)"]
     assert [grid[r][1] for r in range(len(rows))] == [0.0, 0.0, 0.5, 1.0, 0.0]
@@ -153,22 +194,38 @@ def test_report_command(tmp_path):
 
 
 def test_report_says_whether_the_rule_holds_on_heldout_sets(tmp_path):
-    summary = {**_summary(), "heldout_check": {"passed": False, "full_passed": True,
-                                               "criteria": {"dsr": {"k": 30, "need": 35, "passed": False}}}}
+    summary = {
+        **_summary(),
+        "heldout_check": {
+            "passed": False,
+            "full_passed": True,
+            "criteria": {"dsr": {"k": 30, "need": 35, "passed": False}},
+        },
+    }
     text = write_report(_run_folder(tmp_path, TESTS, summary)).markdown.read_text()
     assert "On the held-out sets the minimal patch misses the oracle's rule (dsr 30 < 35 needed)" in text
     assert "on the search's prompts only" in text
 
 
 def test_report_states_the_oracle_rule(tmp_path):
-    oracle = {"config": {"target_dsr": None, "target_fraction": 0.9, "target_confidence": 0.9,
-                         "max_ppl_increase": 0.06, "max_accuracy_drop": 0.1, "max_over_refusal_rise": 0.02,
-                         "over_refusal_reference": "full"},
-              "calibration": {"target_dsr": 0.834375, "need": 85, "n": 96}}
+    oracle = {
+        "config": {
+            "target_dsr": None,
+            "target_fraction": 0.9,
+            "target_confidence": 0.9,
+            "max_ppl_increase": 0.06,
+            "max_accuracy_drop": 0.1,
+            "max_over_refusal_rise": 0.02,
+            "over_refusal_reference": "full",
+        },
+        "calibration": {"target_dsr": 0.834375, "need": 85, "n": 96},
+    }
     text = write_report(_run_folder(tmp_path, TESTS, {**_summary(), "oracle": oracle})).markdown.read_text()
-    assert ("- oracle: DSR >= 90% of the full transplant's (0.834): 85 refusals of 96 search prompts, the one-sided "
-            "90% Wilson lower bound reaching the target; guards: perplexity +6%, over-refusal +2 points over the "
-            "full transplant's, benign accuracy -10 points") in text
+    assert (
+        "- oracle: DSR >= 90% of the full transplant's (0.834): 85 refusals of 96 search prompts, the one-sided "
+        "90% Wilson lower bound reaching the target; guards: perplexity +6%, over-refusal +2 points over the "
+        "full transplant's, benign accuracy -10 points"
+    ) in text
     absolute = {"config": {"target_dsr": 0.8}, "calibration": {"target_dsr": 0.8, "need": 32, "n": 40}}
     (tmp_path / "abs").mkdir()
     text = write_report(_run_folder(tmp_path / "abs", TESTS, {**_summary(), "oracle": absolute})).markdown.read_text()

@@ -1,4 +1,5 @@
 """Delta debugging on synthetic oracles with known answers (no models involved)."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,13 +9,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ddalign.errors import DdalignError
-from ddalign.search import (SearchError, SearchResult, Verdict, ddmin, hierarchical,
-                            is_one_minimal, probdd)
+from ddalign.search import SearchError, SearchResult, Verdict, ddmin, hierarchical, is_one_minimal, probdd
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --- synthetic oracles -------------------------------------------------------------------
+
 
 def monotone(needed):
     """PASS iff the subset holds every needed item."""
@@ -29,6 +30,7 @@ def poisoned(needed, a, b):
     def test(subset):
         s = set(subset)
         return Verdict.PASS if needed <= s and (a not in s or b in s) else Verdict.FAIL
+
     return test
 
 
@@ -67,8 +69,7 @@ def oracles(draw, max_n=40):
     n = draw(st.integers(min_n, max_n))
     items = list(range(n))
     m_max = n - 2 if kind == "poisoned" else n
-    needed = draw(st.lists(st.sampled_from(items), min_size=1, max_size=max(1, min(m_max, 8)),
-                           unique=True))
+    needed = draw(st.lists(st.sampled_from(items), min_size=1, max_size=max(1, min(m_max, 8)), unique=True))
     if kind == "monotone":
         return n, monotone(needed), kind
     others = [i for i in items if i not in needed]
@@ -84,9 +85,10 @@ def run(algorithm, items, test, **kw):
         return probdd(items, test, **kw)
     # hierarchical over a synthetic grouping: groups of 4, then the items themselves
     items = list(items)
-    groups = [tuple(items[i:i + 4]) for i in range(0, len(items), 4)]
-    return hierarchical(groups, lambda units: test(flatten(units)), expanders=[list],
-                        key=lambda units: frozenset(flatten(units)), **kw)
+    groups = [tuple(items[i : i + 4]) for i in range(0, len(items), 4)]
+    return hierarchical(
+        groups, lambda units: test(flatten(units)), expanders=[list], key=lambda units: frozenset(flatten(units)), **kw
+    )
 
 
 def flatten(units):
@@ -100,6 +102,7 @@ ALGORITHMS = ["ddmin", "probdd", "hierarchical"]
 
 
 # --- correctness -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @FAST
@@ -123,10 +126,9 @@ def test_any_prior_keeps_the_result_passing_and_one_minimal(algorithm, case, dat
     # weights of every kind: ties, zeros, outliers far above the median (which raise an item's
     # probability of being needed as far as the answers trust them)
     n, oracle, _ = case
-    weights = data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0, 50.0, 1e6]),
-                                 min_size=n, max_size=n))
+    weights = data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0, 50.0, 1e6]), min_size=n, max_size=n))
     prior = {i: w for i, w in enumerate(weights)}
-    prior.update({tuple(range(i, min(i + 4, n))): sum(weights[i:i + 4]) for i in range(0, n, 4)})
+    prior.update({tuple(range(i, min(i + 4, n))): sum(weights[i : i + 4]) for i in range(0, n, 4)})
     recorder = Recorder(oracle)
     result = run(algorithm, range(n), recorder, prior=prior)
     assert is_one_minimal(flatten(result.minimal), oracle)
@@ -138,8 +140,7 @@ def test_an_informative_prior_saves_tests_and_a_misleading_one_stays_exact():
     # (two unneeded ones stand out with them)
     needed = {10, 11, 30, 31}
     informative = {i: 20.0 if i in needed | {12, 32} else 1.0 + (i % 7) / 10 for i in range(64)}
-    misleading = {i: 20.0 if i in {4, 7, 8, 18, 40, 52, 55, 58} else 1.0 + (i % 7) / 10
-                  for i in range(64)}
+    misleading = {i: 20.0 if i in {4, 7, 8, 18, 40, 52, 55, 58} else 1.0 + (i % 7) / 10 for i in range(64)}
     plain = probdd(range(64), Recorder(monotone(needed)))
     guided = probdd(range(64), Recorder(monotone(needed)), prior=informative)
     misled = probdd(range(64), Recorder(monotone(needed)), prior=misleading)
@@ -166,6 +167,7 @@ def test_hashable_items_of_any_kind(algorithm):
 
 # --- hierarchy ---------------------------------------------------------------------------
 
+
 def grid(layers, modules, blocks):
     """Units: ("L", i) -> ("M", i, j) -> leaf ints; the concrete meaning of any unit mix."""
     leaves = {}
@@ -180,15 +182,17 @@ def grid(layers, modules, blocks):
             out.update(leaves.get(u, [u]))
         return out
 
-    expanders = [lambda u: [("M", u[1], j) for j in range(modules)],
-                 lambda u: list(leaves[u])]
+    expanders = [lambda u: [("M", u[1], j) for j in range(modules)], lambda u: list(leaves[u])]
     return [("L", i) for i in range(layers)], expanders, concrete
 
 
 @pytest.mark.parametrize("algorithm", ["probdd", "ddmin"])
 @FAST
-@given(shape=st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 4)), data=st.data(),
-       kind=st.sampled_from(["monotone", "poisoned"]))
+@given(
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 4)),
+    data=st.data(),
+    kind=st.sampled_from(["monotone", "poisoned"]),
+)
 def test_hierarchical_valid_at_every_level(algorithm, shape, data, kind):
     top, expanders, concrete = grid(*shape)
     n = shape[0] * shape[1] * shape[2]
@@ -201,8 +205,9 @@ def test_hierarchical_valid_at_every_level(algorithm, shape, data, kind):
         base = monotone(needed)
     oracle = lambda units: base(sorted(concrete(units)))  # noqa: E731
     recorder = Recorder(oracle)
-    result = hierarchical(top, recorder, expanders=expanders, algorithm=algorithm,
-                          key=lambda units: frozenset(concrete(units)))
+    result = hierarchical(
+        top, recorder, expanders=expanders, algorithm=algorithm, key=lambda units: frozenset(concrete(units))
+    )
     assert [lv.name for lv in result.levels] == ["layer", "module", "block"]
     for level in result.levels:
         assert oracle(level.minimal) is Verdict.PASS, level
@@ -227,8 +232,7 @@ def test_hierarchical_skips_a_level_whose_expansion_fails():
             have |= content.get(u, {u})
         return Verdict.PASS if needed <= have else Verdict.FAIL
 
-    result = hierarchical(list(children), oracle, expanders=[children.__getitem__],
-                          levels=["layer", "module"])
+    result = hierarchical(list(children), oracle, expanders=[children.__getitem__], levels=["layer", "module"])
     assert result.minimal == ["L1"]
     assert result.levels[1].skipped and "do not pass" in result.levels[1].skipped
     assert result.levels[0].skipped is None
@@ -242,11 +246,10 @@ def test_hierarchical_keeps_childless_units_and_shared_children_once():
         seen.append(sorted(units))
         return Verdict.PASS if {"B", "a2"} <= set(units) or {"A", "B"} <= set(units) else Verdict.FAIL
 
-    result = hierarchical(["A", "B", "C"], oracle, expanders=[children.__getitem__],
-                          levels=["layer", "module"])
+    result = hierarchical(["A", "B", "C"], oracle, expanders=[children.__getitem__], levels=["layer", "module"])
     assert result.levels[0].minimal == ["A", "B"]
-    assert ["B", "a1", "a2"] in seen            # B kept as itself, A expanded
-    assert result.minimal == ["a2", "B"]          # children in the order of their parents
+    assert ["B", "a1", "a2"] in seen  # B kept as itself, A expanded
+    assert result.minimal == ["a2", "B"]  # children in the order of their parents
 
 
 def test_hierarchical_rejects_bad_arguments():
@@ -258,6 +261,7 @@ def test_hierarchical_rejects_bad_arguments():
 
 # --- cache and resume --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("assume_monotone", [False, True])
 @FAST
@@ -267,7 +271,7 @@ def test_resume_from_any_cut_repeats_no_test(algorithm, assume_monotone, case, c
     first = Recorder(oracle)
     full = run(algorithm, range(n), first, assume_monotone=assume_monotone)
     k = int(cut * len(first.calls))
-    cache = dict(first.calls[:k])                      # the journal up to the interruption
+    cache = dict(first.calls[:k])  # the journal up to the interruption
     second = Recorder(oracle)
     resumed = run(algorithm, range(n), second, cache=cache, assume_monotone=assume_monotone)
     assert resumed.minimal == full.minimal
@@ -280,6 +284,7 @@ def test_replay_with_the_whole_journal_is_exact_even_when_inference_is_wrong():
     # assume_monotone on non-monotone oracles: inferences can disagree with later real tests
     # of the same content; a replay given every verdict must still retrace the first run.
     import random
+
     for seed in range(150):
         rng = random.Random(seed)
         weights = [rng.randint(-3, 6) for _ in range(10)]
@@ -297,7 +302,7 @@ def test_replay_with_the_whole_journal_is_exact_even_when_inference_is_wrong():
 def test_cache_accepts_journal_strings_and_is_not_modified():
     oracle = monotone({2, 5})
     full = probdd(range(8), oracle)
-    cache = {k: v.value for k, v in full.verdicts().items()}   # verdicts as read from JSON
+    cache = {k: v.value for k, v in full.verdicts().items()}  # verdicts as read from JSON
     before = dict(cache)
     again = probdd(range(8), Recorder(oracle), cache=cache)
     assert again.tests == 0 and again.minimal == full.minimal
@@ -305,6 +310,7 @@ def test_cache_accepts_journal_strings_and_is_not_modified():
 
 
 # --- bounds and errors -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_already_safe_and_never_safe(algorithm):
@@ -315,7 +321,7 @@ def test_already_safe_and_never_safe(algorithm):
     with pytest.raises(SearchError, match="full set") as err:
         run(algorithm, range(8), recorder)
     assert err.value.kind == "never-safe"
-    assert len(recorder.calls) == 1                     # the empty set is not asked then
+    assert len(recorder.calls) == 1  # the empty set is not asked then
 
 
 def test_bad_verdicts_duplicates_and_p0():
@@ -338,6 +344,7 @@ def test_empty_item_list_is_one_of_the_two_errors():
 
 # --- monotone inference ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @FAST
 @given(n=st.integers(1, 40), data=st.data())
@@ -348,7 +355,7 @@ def test_assume_monotone_never_costs_more_and_stays_correct(algorithm, n, data):
     assert sorted(flatten(smart.minimal)) == sorted(needed)
     assert smart.tests <= plain.tests
     inferred = [r for r in smart.trace if r.source == "inferred"]
-    for record in inferred:   # every inferred verdict is the true one
+    for record in inferred:  # every inferred verdict is the true one
         assert monotone(needed)(record.subset) is record.verdict
 
 
@@ -364,14 +371,15 @@ def test_assume_monotone_saves_tests(algorithm):
 
 # --- the probabilistic variant -----------------------------------------------------------
 
+
 def test_probdd_tries_the_smallest_prior_first():
     items = [f"c{i}" for i in range(16)]
-    prior = {item: float(i % 5) for i, item in enumerate(items)}   # c0, c5, c10, c15 smallest
+    prior = {item: float(i % 5) for i, item in enumerate(items)}  # c0, c5, c10, c15 smallest
     recorder = Recorder(monotone({"c9"}))
     probdd(items, recorder, prior=prior)
     first_removed = set(items) - recorder.calls[2][0]
     smallest = sorted(items, key=lambda x: (prior[x], items.index(x)))
-    assert first_removed == set(smallest[:len(first_removed)])
+    assert first_removed == set(smallest[: len(first_removed)])
     # a function prior works the same as a dict
     again = Recorder(monotone({"c9"}))
     probdd(items, again, prior=prior.__getitem__)
@@ -388,16 +396,22 @@ def test_probdd_needs_far_fewer_tests_than_ddmin_on_a_sparse_set():
 
 # --- hooks -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_on_test_and_progress_hooks(algorithm):
     events, estimates = [], []
-    result = run(algorithm, range(20), monotone({4, 13}), assume_monotone=True,
-                 on_test=lambda subset, verdict, cached, level, outcome: events.append(
-                     (tuple(subset), verdict, cached, level, outcome)),
-                 progress=estimates.append)
+    result = run(
+        algorithm,
+        range(20),
+        monotone({4, 13}),
+        assume_monotone=True,
+        on_test=lambda subset, verdict, cached, level, outcome: events.append(
+            (tuple(subset), verdict, cached, level, outcome)
+        ),
+        progress=estimates.append,
+    )
     assert len(events) == len(result.trace)
-    assert [(e[0], e[1], e[2]) for e in events] == [(r.subset, r.verdict, r.cached)
-                                                    for r in result.trace]
+    assert [(e[0], e[1], e[2]) for e in events] == [(r.subset, r.verdict, r.cached) for r in result.trace]
     assert sum(1 for e in events if not e[2]) == result.tests
     # a real test hands on what the test returned; an answer without a test has no outcome
     assert all((e[4] is None) == e[2] and (e[2] or e[4] == e[1]) for e in events)

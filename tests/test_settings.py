@@ -1,6 +1,7 @@
 """Typed settings: presets by name, validation errors naming file and key, precedence
 (defaults < file < command line), one default per field, every field reachable from TOML and from
 a flag, and the configuration reference generated from the models."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,17 @@ import pytest
 from ddalign.architectures import parse_layers
 from ddalign.cli import cli
 from ddalign.errors import DdalignError
-from ddalign.settings import (PRESETS, SECTIONS, Settings, cli_overrides, command_specs, preset_names, read_config,
-                              reference_markdown, specs)
+from ddalign.settings import (
+    PRESETS,
+    SECTIONS,
+    Settings,
+    cli_overrides,
+    command_specs,
+    preset_names,
+    read_config,
+    reference_markdown,
+    specs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"llama2": (32, 11008), "mistral": (32, 14336), "gemma": (28, 24576), "qwen2": (28, 18944)}
@@ -42,11 +52,11 @@ def test_family_presets_fit_their_models(name):
     layers, ffn = FAMILIES[name]
     config = read_config(name)
     chosen = parse_layers(config["search"]["layers"], layers)
-    assert chosen and 0 < chosen[0] and chosen[-1] < layers - 1           # middle layers, per DAPA
-    assert ffn % config["search"]["block_size"] == 0                      # whole neuron groups
+    assert chosen and 0 < chosen[0] and chosen[-1] < layers - 1  # middle layers, per DAPA
+    assert ffn % config["search"]["block_size"] == 0  # whole neuron groups
     assert "gate" in config["search"]["scope"]
     text = (PRESETS / f"{name}.toml").read_text()
-    assert str(layers) in text and str(ffn) in text                      # the comment says why
+    assert str(layers) in text and str(ffn) in text  # the comment says why
 
 
 def test_repo_configs_symlink_points_at_the_presets():
@@ -59,8 +69,10 @@ def test_repo_configs_symlink_points_at_the_presets():
 def test_load_by_path_and_json(tmp_path):
     toml = tmp_path / "mine.toml"
     toml.write_text('[search]\nalgorithm = "probdd"\nlayers = [2, 3]\n[oracle]\nmax_ppl_increase = false\n')
-    assert read_config(toml) == {"search": {"algorithm": "probdd", "layers": [2, 3]},
-                                 "oracle": {"max_ppl_increase": False}}
+    assert read_config(toml) == {
+        "search": {"algorithm": "probdd", "layers": [2, 3]},
+        "oracle": {"max_ppl_increase": False},
+    }
     settings = Settings.load(toml)
     assert settings.oracle.bound("max_ppl_increase") is None and settings.search.algorithm == "probdd"
     assert "perplexity" not in settings.oracle_config().guards
@@ -69,23 +81,29 @@ def test_load_by_path_and_json(tmp_path):
     assert Settings.load(str(js)).generation.batch_size == 4
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("[search]\nalgoritm = 'ddmin'\n", r"bad.toml: unknown key search.algoritm \(expected one of scope, "),
-    ("[serach]\nalgorithm = 'ddmin'\n", r"bad.toml: unknown section \[serach\]"),
-    ("[oracle]\nmax_ppl_increse = 0.1\n", r"bad.toml: unknown key oracle.max_ppl_increse"),
-    ("[search]\nblock_size = 'big'\n", r"bad.toml: search.block_size = 'big': expected int"),
-    ("[search]\nblock_size = 2.5\n", r"search.block_size = 2.5: expected int"),
-    ("[search]\nblock_size = 0\n", r"search.block_size = 0: expected a positive number"),
-    ("[search]\nassume_monotone = 1\n", r"search.assume_monotone = 1: expected true or false"),
-    ("[search]\nalgorithm = 'bisect'\n", r"search.algorithm = 'bisect': expected one of hierarchical, probdd, ddmin"),
-    ("[generation]\nbatch_size = true\n", r"generation.batch_size = true"),
-    ("[oracle]\nmax_accuracy_drop = true\n", r"oracle.max_accuracy_drop = true: expected a number, or false"),
-    ("[oracle]\nmax_accuracy_drop = -1\n", r"oracle.max_accuracy_drop = -1: expected a non-negative number"),
-    ("[oracle]\ntarget_dsr = 1.5\n", r"oracle.target_dsr = 1.5: expected a share"),
-    ("[judge]\nmarkers = ['no', 3]\n", r"judge.markers = \['no', 3\]: expected a list of str"),
-    ("search = 3\n", r"\[search\] must be a table"),
-    ("[search\n", r"bad.toml: not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[search]\nalgoritm = 'ddmin'\n", r"bad.toml: unknown key search.algoritm \(expected one of scope, "),
+        ("[serach]\nalgorithm = 'ddmin'\n", r"bad.toml: unknown section \[serach\]"),
+        ("[oracle]\nmax_ppl_increse = 0.1\n", r"bad.toml: unknown key oracle.max_ppl_increse"),
+        ("[search]\nblock_size = 'big'\n", r"bad.toml: search.block_size = 'big': expected int"),
+        ("[search]\nblock_size = 2.5\n", r"search.block_size = 2.5: expected int"),
+        ("[search]\nblock_size = 0\n", r"search.block_size = 0: expected a positive number"),
+        ("[search]\nassume_monotone = 1\n", r"search.assume_monotone = 1: expected true or false"),
+        (
+            "[search]\nalgorithm = 'bisect'\n",
+            r"search.algorithm = 'bisect': expected one of hierarchical, probdd, ddmin",
+        ),
+        ("[generation]\nbatch_size = true\n", r"generation.batch_size = true"),
+        ("[oracle]\nmax_accuracy_drop = true\n", r"oracle.max_accuracy_drop = true: expected a number, or false"),
+        ("[oracle]\nmax_accuracy_drop = -1\n", r"oracle.max_accuracy_drop = -1: expected a non-negative number"),
+        ("[oracle]\ntarget_dsr = 1.5\n", r"oracle.target_dsr = 1.5: expected a share"),
+        ("[judge]\nmarkers = ['no', 3]\n", r"judge.markers = \['no', 3\]: expected a list of str"),
+        ("search = 3\n", r"\[search\] must be a table"),
+        ("[search\n", r"bad.toml: not valid TOML"),
+    ],
+)
 def test_validation_is_one_line_naming_file_and_key(tmp_path, text, expected):
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
@@ -103,10 +121,10 @@ def test_precedence_defaults_file_command_line(tmp_path):
     file = tmp_path / "run.toml"
     file.write_text('[search]\nblock_size = 64\nalgorithm = "probdd"\n[generation]\nbatch_size = 8\n')
     s = Settings.load(file, {"search": {"algorithm": "ddmin", "block_size": None}, "generation": {"device": "cpu"}})
-    assert s.search.algorithm == "ddmin"                      # the command line beats the file
-    assert s.search.block_size == 64                          # a flag not given leaves the file's
+    assert s.search.algorithm == "ddmin"  # the command line beats the file
+    assert s.search.block_size == 64  # a flag not given leaves the file's
     assert s.generation.batch_size == 8 and s.generation.device == "cpu"
-    assert s.search.layers is None and s.oracle == Settings().oracle      # neither: the default
+    assert s.search.layers is None and s.oracle == Settings().oracle  # neither: the default
     # an absolute target on the command line replaces the file's fraction; "off" switches a guard off
     s = Settings.load("organism", {"oracle": {"target_dsr": 0.7, "max_ppl_increase": False}})
     assert s.oracle.target_fraction is None and s.oracle_config().guards == ["over_refusal", "benign_accuracy"]
@@ -115,6 +133,7 @@ def test_precedence_defaults_file_command_line(tmp_path):
 
 
 # --- one definition ------------------------------------------------------------------------------
+
 
 def _commands() -> dict[str, click.Command]:
     return {name: cli.commands[name] for name in ("minimise", "evaluate", "demo")}
@@ -205,12 +224,13 @@ def test_evaluate_offers_the_held_out_side():
     assert flags["--harmful"] == "data.eval_harmful" and flags["--safe"] == "data.eval_safe"
     assert flags["--limit"] == "data.eval_limit" and flags["--max-new-tokens"] == "generation.eval_max_new_tokens"
     assert not any(k.startswith(("search.", "oracle.")) for k in flags.values())
-    assert Settings().data.eval_safe == "builtin:safe-heldout"     # no training prompt in the default sets
+    assert Settings().data.eval_safe == "builtin:safe-heldout"  # no training prompt in the default sets
 
 
 def test_guard_off_from_the_command_line():
-    ctx = cli.commands["minimise"].make_context("minimise", [__file__, "--target", "t", "-o", "p.safetensors",
-                                                             "--max-ppl-increase", "off"])
+    ctx = cli.commands["minimise"].make_context(
+        "minimise", [__file__, "--target", "t", "-o", "p.safetensors", "--max-ppl-increase", "off"]
+    )
     settings = Settings.load("organism", cli_overrides(dict(ctx.params)))
     assert settings.oracle.bound("max_ppl_increase") is None and "perplexity" not in settings.oracle_config().guards
 
@@ -220,3 +240,12 @@ def test_configuration_reference_is_generated_and_committed():
     assert committed == reference_markdown(), "run: python -m ddalign.settings > docs/configuration.md"
     for spec in specs():
         assert f"`{spec.name}`" in committed and spec.description.split("(")[0].strip()[:30] in committed
+
+
+def test_the_readme_reference_is_the_generated_one():
+    from ddalign.settings import README_BEGIN, README_END, reference_summary
+
+    readme = (ROOT / "README.md").read_text()
+    assert README_BEGIN in readme and README_END in readme
+    block = readme[readme.index(README_BEGIN) : readme.index(README_END) + len(README_END)]
+    assert block == reference_summary(), "run: python -m ddalign.settings --readme, and paste it into README.md"

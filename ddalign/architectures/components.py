@@ -4,6 +4,7 @@ A *component* is the unit of transfer, named by a stable string (`L12.mlp.gate`,
 `L12.mlp.gate[0:256]`, `L3.mlp`, `L3`, `embed`); a `TensorSlice` is a stored tensor, whole or
 narrowed along one axis. Also here: the `--layers` and `--scope` syntax.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,13 +21,28 @@ from ddalign.errors import DdalignError
 LAYERLESS = ("embed", "head", "norm.final")
 SCOPE_KEYWORDS = ("mlp.gate", "mlp", "attn", "all")
 # Display / sort order of modules inside a layer; unknown ("extra.*") modules sort after.
-_MODULE_ORDER = ("", "attn", "attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o", "mlp",
-                 "mlp.gate", "mlp.up", "mlp.down", "norm.in", "norm.post", "norm.pre_ffn",
-                 "norm.post_ffn")
+_MODULE_ORDER = (
+    "",
+    "attn",
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.qkv",
+    "attn.o",
+    "mlp",
+    "mlp.gate",
+    "mlp.up",
+    "mlp.down",
+    "norm.in",
+    "norm.post",
+    "norm.pre_ffn",
+    "norm.post_ffn",
+)
 _GROUPS = ("mlp", "attn")  # modules that stand for several stored modules
 _NAME_RE = re.compile(
     r"^L(?P<layer>\d+)(?:\.(?P<module>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*))?"
-    r"(?:\[(?P<a>\d+):(?P<b>\d+)\])?$")
+    r"(?:\[(?P<a>\d+):(?P<b>\d+)\])?$"
+)
 _LAYERLESS_RE = re.compile(r"^(?P<module>embed|head|norm\.final)$")
 
 
@@ -38,6 +54,7 @@ class Component:
     Ordered as in the model: embed, L0 (its modules in _MODULE_ORDER, blocks by start), L1, ...,
     norm.final, head. (Hand-written ordering because `layer` may be None.)
     """
+
     layer: int | None
     module: str
     block: tuple[int, int] | None = None
@@ -48,11 +65,11 @@ class Component:
             if not (0 <= a < b):
                 raise DdalignError(f"component {self.name!r}: block [a:b] needs 0 <= a < b")
             if self.module == "" or self.layer is None:
-                raise DdalignError(f"component {self.name!r}: blocks apply to a module, "
-                                   "e.g. L3.mlp.gate[0:64]")
+                raise DdalignError(f"component {self.name!r}: blocks apply to a module, e.g. L3.mlp.gate[0:64]")
         if self.layer is None and self.module not in LAYERLESS:
-            raise DdalignError(f"component {self.module!r}: a component without a layer must be "
-                               f"one of {', '.join(LAYERLESS)}")
+            raise DdalignError(
+                f"component {self.module!r}: a component without a layer must be one of {', '.join(LAYERLESS)}"
+            )
 
     @property
     def name(self) -> str:
@@ -76,8 +93,10 @@ class Component:
             return cls(None, m["module"])
         m = _NAME_RE.match(text)
         if not m:
-            raise DdalignError(f"component {text!r}: expected e.g. 'L12.mlp.gate', "
-                               "'L12.mlp.gate[0:256]', 'L12', 'embed', 'head' or 'norm.final'")
+            raise DdalignError(
+                f"component {text!r}: expected e.g. 'L12.mlp.gate', "
+                "'L12.mlp.gate[0:256]', 'L12', 'embed', 'head' or 'norm.final'"
+            )
         block = (int(m["a"]), int(m["b"])) if m["a"] is not None else None
         return cls(int(m["layer"]), m["module"] or "", block)
 
@@ -87,12 +106,9 @@ class Component:
         return replace(self, block=None) if self.block else self
 
     def _key(self):
-        group = {"embed": 0, "norm.final": 2, "head": 3}.get(self.module, 1) \
-            if self.layer is None else 1
-        rank = _MODULE_ORDER.index(self.module) if self.module in _MODULE_ORDER \
-            else len(_MODULE_ORDER)
-        return (group, self.layer if self.layer is not None else -1, rank, self.module,
-                self.block or (-1, -1))
+        group = {"embed": 0, "norm.final": 2, "head": 3}.get(self.module, 1) if self.layer is None else 1
+        rank = _MODULE_ORDER.index(self.module) if self.module in _MODULE_ORDER else len(_MODULE_ORDER)
+        return (group, self.layer if self.layer is not None else -1, rank, self.module, self.block or (-1, -1))
 
     def __lt__(self, other: "Component") -> bool:
         if not isinstance(other, Component):
@@ -103,6 +119,7 @@ class Component:
 @dataclass(frozen=True)
 class TensorSlice:
     """A stored tensor, whole (`dim is None`) or narrowed along `dim` to [start, stop)."""
+
     tensor: str
     dim: int | None
     start: int = 0
@@ -145,8 +162,8 @@ class TensorSlice:
 # --------------------------------------------------------------------------------------------
 # Layers and scopes
 
-def parse_layers(text: "str | range | Iterable[int] | None",
-                 num_layers: int | None = None) -> list[int] | None:
+
+def parse_layers(text: "str | range | Iterable[int] | None", num_layers: int | None = None) -> list[int] | None:
     """'8-20' / '8-12,15' / range / list -> sorted unique layer indices (None stays None).
 
     Ranges are inclusive at both ends, as a user writes them. With `num_layers`, every index
@@ -162,8 +179,7 @@ def parse_layers(text: "str | range | Iterable[int] | None",
             part = part.strip()
             m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
             if not m:
-                raise DdalignError(f"--layers: {part!r} is not a layer or range; "
-                                   "expected e.g. '8-20' or '8-12,15'")
+                raise DdalignError(f"--layers: {part!r} is not a layer or range; expected e.g. '8-20' or '8-12,15'")
             lo = int(m[1])
             hi = int(m[2]) if m[2] is not None else lo
             if hi < lo:
@@ -175,8 +191,9 @@ def parse_layers(text: "str | range | Iterable[int] | None",
         if any(i < 0 for i in result):
             raise DdalignError(f"--layers: negative layer index in {result}")
     if num_layers is not None and result and result[-1] >= num_layers:
-        raise DdalignError(f"--layers: layer {result[-1]} does not exist; the model has "
-                           f"{num_layers} layers (0-{num_layers - 1})")
+        raise DdalignError(
+            f"--layers: layer {result[-1]} does not exist; the model has {num_layers} layers (0-{num_layers - 1})"
+        )
     return result
 
 
@@ -208,6 +225,7 @@ def parse_scope(scope: "str | Sequence[str] | None") -> list[str]:
     items = scope.split(",") if isinstance(scope, str) else list(scope)
     items = [str(item).strip() for item in items if str(item).strip()]
     if not items:
-        raise DdalignError("--scope: empty; expected mlp.gate, mlp, attn, all, "
-                           "or component patterns such as 'L*.mlp.gate,L*.attn.o'")
+        raise DdalignError(
+            "--scope: empty; expected mlp.gate, mlp, attn, all, or component patterns such as 'L*.mlp.gate,L*.attn.o'"
+        )
     return items

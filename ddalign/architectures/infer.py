@@ -4,14 +4,22 @@ The layer container is the most common `<stem>.<digit>.` prefix; modules are rec
 their usual leaf names (`families.py`); when no MLP projection is found, the error lists what
 was found.
 """
+
 from __future__ import annotations
 
 from collections import Counter
 
-from ddalign.architectures.families import (_BUFFER_SUFFIXES, _CONTEXT_LEAVES, _EMBED_NAMES, _HEAD_NAMES,
-                                            _LEAF_ALIASES, _MLP_PARENTS, _NORM_FINAL_NAMES, Fused)
-from ddalign.architectures.layout import (_collect_layers, _describe, _Dims, _layer_container,
-                                          _layerless_parts)
+from ddalign.architectures.families import (
+    _BUFFER_SUFFIXES,
+    _CONTEXT_LEAVES,
+    _EMBED_NAMES,
+    _HEAD_NAMES,
+    _LEAF_ALIASES,
+    _MLP_PARENTS,
+    _NORM_FINAL_NAMES,
+    Fused,
+)
+from ddalign.architectures.layout import _collect_layers, _describe, _Dims, _layer_container, _layerless_parts
 from ddalign.errors import DdalignError
 
 
@@ -23,7 +31,7 @@ def _infer_table(module_paths: set[str]) -> dict[str, tuple]:
         if path.endswith(_BUFFER_SUFFIXES) or path == "":
             continue
         pieces = path.split(".")
-        if any(p.isdigit() for p in pieces):   # experts.0.w1 etc.: not the layer's own MLP
+        if any(p.isdigit() for p in pieces):  # experts.0.w1 etc.: not the layer's own MLP
             extras["extra." + path] = (path, path)
             continue
         leaf, parent = pieces[-1], ".".join(pieces[:-1])
@@ -46,24 +54,36 @@ def _build_inferred(model_type: str, shapes: dict, plan: dict, dims: _Dims, tied
     names = sorted(shapes)
     stem, layer_names = _layer_container(names)
     if stem is None:
-        raise DdalignError(f"cannot infer the layout of model_type {model_type!r}: no tensor "
-                           f"name has a layer index (e.g. 'model.layers.0.mlp.gate_proj.weight'); "
-                           f"found: {_describe(names)}")
+        raise DdalignError(
+            f"cannot infer the layout of model_type {model_type!r}: no tensor "
+            f"name has a layer index (e.g. 'model.layers.0.mlp.gate_proj.weight'); "
+            f"found: {_describe(names)}"
+        )
     first = layer_names[min(layer_names)]
     paths = {r.rsplit(".", 1)[0] for r in first}
     table = _infer_table(paths)
     if not any(m in table for m in ("mlp.gate", "mlp.up", "mlp.down")):
-        raise DdalignError(f"cannot infer the layout of model_type {model_type!r}: layer "
-                           f"{min(layer_names)} under {stem!r} has modules "
-                           f"{_describe(sorted(paths))}; none is a known MLP projection "
-                           "(gate_proj/up_proj/down_proj, w1/w2/w3, fc1/fc2, c_fc/c_proj, "
-                           "dense_h_to_4h/dense_4h_to_h)")
+        raise DdalignError(
+            f"cannot infer the layout of model_type {model_type!r}: layer "
+            f"{min(layer_names)} under {stem!r} has modules "
+            f"{_describe(sorted(paths))}; none is a known MLP projection "
+            "(gate_proj/up_proj/down_proj, w1/w2/w3, fc1/fc2, c_fc/c_proj, "
+            "dense_h_to_4h/dense_4h_to_h)"
+        )
     conv1d = _looks_conv1d(stem, first, table, shapes, dims)
-    layers = _collect_layers(stem, layer_names, shapes, dims,
-                             lambda module_paths: _infer_table(module_paths), plan, {}, conv1d)
+    layers = _collect_layers(
+        stem, layer_names, shapes, dims, lambda module_paths: _infer_table(module_paths), plan, {}, conv1d
+    )
     all_layer_names = {n for d in layer_names.values() for n in d.values()}
-    layerless = _layerless_parts(stem, shapes, embed=_EMBED_NAMES, norm_final=_NORM_FINAL_NAMES,
-                                 head=_HEAD_NAMES, tied=tied, layer_names=all_layer_names)
+    layerless = _layerless_parts(
+        stem,
+        shapes,
+        embed=_EMBED_NAMES,
+        norm_final=_NORM_FINAL_NAMES,
+        head=_HEAD_NAMES,
+        tied=tied,
+        layer_names=all_layer_names,
+    )
     return layers, layerless
 
 

@@ -4,6 +4,7 @@ A part is one stored tensor's share of a module, with the axis its rows (output 
 neurons) lie along. The split direction comes from transformers' `base_model_tp_plan`, then a
 family table's own `split`, then the usual direction of the module (`families.py`).
 """
+
 from __future__ import annotations
 
 import re
@@ -19,12 +20,13 @@ from ddalign.errors import DdalignError
 @dataclass(frozen=True)
 class _Part:
     """One stored tensor's share of a module: rows of the module lie along `axis`."""
+
     tensor: str
-    axis: int | None       # None: not split by blocks (norm weights, a rowwise layer's bias)
-    offset: int = 0        # where the module starts along axis (fused tensors)
-    length: int = 0        # the module's extent along axis
-    size: int = 0          # the stored size along axis
-    tied_to: str | None = None   # a stored copy of this tensor (a tied head saved anyway): one parameter
+    axis: int | None  # None: not split by blocks (norm weights, a rowwise layer's bias)
+    offset: int = 0  # where the module starts along axis (fused tensors)
+    length: int = 0  # the module's extent along axis
+    size: int = 0  # the stored size along axis
+    tied_to: str | None = None  # a stored copy of this tensor (a tied head saved anyway): one parameter
 
     def whole(self) -> TensorSlice:
         if self.axis is None or (self.offset == 0 and self.length == self.size):
@@ -82,7 +84,7 @@ def _layer_container(names: Iterable[str]) -> tuple[str | None, dict[int, dict[s
             if parts[j].isdigit():
                 stem = ".".join(parts[:j])
                 stems[stem] += 1
-                split.append((stem, int(parts[j]), ".".join(parts[j + 1:]), name))
+                split.append((stem, int(parts[j]), ".".join(parts[j + 1 :]), name))
                 break
     if not stems:
         return None, {}
@@ -134,20 +136,24 @@ def _fused_parts(spec: Fused, size: int, dims: _Dims, tensor: str) -> tuple[int,
         sizes = [size // 3] * 3
     elif spec.kind == "qkv":
         if not (dims.heads and dims.kv_heads and dims.head_dim):
-            raise DdalignError(f"tensor {tensor}: fused q/k/v needs num_attention_heads, "
-                               "num_key_value_heads and hidden_size in config.json")
-        sizes = [dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim,
-                 dims.kv_heads * dims.head_dim]
+            raise DdalignError(
+                f"tensor {tensor}: fused q/k/v needs num_attention_heads, "
+                "num_key_value_heads and hidden_size in config.json"
+            )
+        sizes = [dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim, dims.kv_heads * dims.head_dim]
     else:  # pragma: no cover - table error
         raise ValueError(spec.kind)
     if sum(sizes) != size:
-        raise DdalignError(f"tensor {tensor}: fused size {size} does not split as {spec.kind} "
-                           f"({'+'.join(map(str, sizes))}); config and weights disagree")
-    return sum(sizes[:spec.index]), sizes[spec.index]
+        raise DdalignError(
+            f"tensor {tensor}: fused size {size} does not split as {spec.kind} "
+            f"({'+'.join(map(str, sizes))}); config and weights disagree"
+        )
+    return sum(sizes[: spec.index]), sizes[spec.index]
 
 
-def _module_parts(prefix: str, split: str | None, shapes: dict, *, conv1d: bool,
-                  fused: Fused | None, dims: _Dims) -> list[_Part]:
+def _module_parts(
+    prefix: str, split: str | None, shapes: dict, *, conv1d: bool, fused: Fused | None, dims: _Dims
+) -> list[_Part]:
     """Parts of the module stored at `prefix` (.weight, .bias), split as tp plan kind `split`."""
     parts: list[_Part] = []
     for suffix in ("weight", "bias"):
@@ -158,9 +164,9 @@ def _module_parts(prefix: str, split: str | None, shapes: dict, *, conv1d: bool,
         if split is None or not shape:
             axis = None
         elif suffix == "bias" or len(shape) == 1:
-            axis = 0 if split == "colwise" else None   # a rowwise bias is per output: unsplit
+            axis = 0 if split == "colwise" else None  # a rowwise bias is per output: unsplit
         else:
-            rows_axis = 1 if conv1d else 0             # output features
+            rows_axis = 1 if conv1d else 0  # output features
             axis = rows_axis if split == "colwise" else 1 - rows_axis
         if axis is None:
             if fused is not None:
@@ -185,9 +191,16 @@ def _split_of(module: str, path: str, plan: dict[str, str], family_split: dict) 
     return None
 
 
-def _layerless_parts(stem: str, shapes: dict, *, embed: Sequence[str], norm_final: Sequence[str],
-                     head: Sequence[str], tied: bool, layer_names: set[str]
-                     ) -> dict[str, list[_Part]]:
+def _layerless_parts(
+    stem: str,
+    shapes: dict,
+    *,
+    embed: Sequence[str],
+    norm_final: Sequence[str],
+    head: Sequence[str],
+    tied: bool,
+    layer_names: set[str],
+) -> dict[str, list[_Part]]:
     base = stem.rsplit(".", 1)[0] + "." if "." in stem else ""
     out: dict[str, list[_Part]] = {}
 
@@ -220,30 +233,46 @@ def _layerless_parts(stem: str, shapes: dict, *, embed: Sequence[str], norm_fina
     # so the two never disagree. A head bias is not tied and stays the component head.
     weight = next((p.tensor for p in embed_parts if p.tensor.endswith(".weight")), None)
     for part in head_parts:
-        if weight is not None and part.tensor.endswith(".weight") and \
-                tuple(shapes[part.tensor]) == tuple(shapes[weight]):
+        if (
+            weight is not None
+            and part.tensor.endswith(".weight")
+            and tuple(shapes[part.tensor]) == tuple(shapes[weight])
+        ):
             out["embed"].append(_Part(part.tensor, None, tied_to=weight))
         else:
             out.setdefault("head", []).append(part)
     return out
 
 
-def _build_listed(model_type: str, family: Family, shapes: dict, plan: dict, dims: _Dims,
-                  tied: bool):
+def _build_listed(model_type: str, family: Family, shapes: dict, plan: dict, dims: _Dims, tied: bool):
     """Layers' parts from a family table, or None when its tensor names are not there."""
     stem, layer_names = _layer_container(shapes)
     if stem is None or stem.rsplit(".", 1)[-1] != family.layers:
         return None
-    layers = _collect_layers(stem, layer_names, shapes, dims,
-                             lambda rest_paths: {m: (spec, spec.path if isinstance(spec, Fused)
-                                                     else spec)
-                                                 for m, spec in family.modules.items()},
-                             plan, family.split, family.conv1d)
+    layers = _collect_layers(
+        stem,
+        layer_names,
+        shapes,
+        dims,
+        lambda rest_paths: {
+            m: (spec, spec.path if isinstance(spec, Fused) else spec) for m, spec in family.modules.items()
+        },
+        plan,
+        family.split,
+        family.conv1d,
+    )
     if not any(layers):
         return None
     all_layer_names = {n for d in layer_names.values() for n in d.values()}
-    layerless = _layerless_parts(stem, shapes, embed=family.embed, norm_final=(family.norm_final,),
-                                 head=(family.head,), tied=tied, layer_names=all_layer_names)
+    layerless = _layerless_parts(
+        stem,
+        shapes,
+        embed=family.embed,
+        norm_final=(family.norm_final,),
+        head=(family.head,),
+        tied=tied,
+        layer_names=all_layer_names,
+    )
     return layers, layerless
 
 
@@ -253,8 +282,9 @@ def _collect_layers(stem, layer_names, shapes, dims, table_for, plan, family_spl
     n = max(layer_names) + 1
     missing = [i for i in range(n) if i not in layer_names]
     if missing:
-        raise DdalignError(f"checkpoint layers under {stem!r} are not contiguous: layers "
-                           f"{format_layers(missing)} have no tensors")
+        raise DdalignError(
+            f"checkpoint layers under {stem!r} are not contiguous: layers {format_layers(missing)} have no tensors"
+        )
     layers: list[dict[str, list[_Part]]] = []
     for i in range(n):
         rest = layer_names[i]
@@ -266,8 +296,7 @@ def _collect_layers(stem, layer_names, shapes, dims, table_for, plan, family_spl
                 continue
             fused = spec if isinstance(spec, Fused) else None
             split = _split_of(module, path, plan, family_split)
-            parts = _module_parts(f"{stem}.{i}.{path}", split, shapes, conv1d=conv1d,
-                                  fused=fused, dims=dims)
+            parts = _module_parts(f"{stem}.{i}.{path}", split, shapes, conv1d=conv1d, fused=fused, dims=dims)
             if parts:
                 mods[module] = parts
         layers.append(mods)

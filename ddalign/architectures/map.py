@@ -5,6 +5,7 @@ Built from the checkpoint's config and tensor shapes only: a listed family's tab
 (`infer.py`). Scopes choose which module-level units a search works on; scope only matters
 for whole-layer components (`L3`), which resolve to the scope's modules.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -15,17 +16,21 @@ import re
 from dataclasses import replace
 from typing import Iterable, Sequence
 
-from ddalign.architectures.components import (_GROUPS, LAYERLESS, SCOPE_KEYWORDS, Component, TensorSlice,
-                                              parse_layers, parse_scope)
+from ddalign.architectures.components import (
+    _GROUPS,
+    LAYERLESS,
+    SCOPE_KEYWORDS,
+    Component,
+    TensorSlice,
+    parse_layers,
+    parse_scope,
+)
 from ddalign.architectures.families import FAMILIES
 from ddalign.architectures.infer import _build_inferred
-from ddalign.architectures.layout import (_build_listed, _config_object, _describe, _dims, _Part,
-                                          _tp_plan)
+from ddalign.architectures.layout import _build_listed, _config_object, _describe, _dims, _Part, _tp_plan
 from ddalign.errors import DdalignError
 
-
-TIED_HEAD = ("the output layer is tied to the embeddings: one tensor, one component (embed); "
-             "patching embed patches both")
+TIED_HEAD = "the output layer is tied to the embeddings: one tensor, one component (embed); patching embed patches both"
 
 
 class ArchitectureMap:
@@ -39,9 +44,17 @@ class ArchitectureMap:
     unmapped (stored tensors no component covers: buffers, unknown layer-less tensors).
     """
 
-    def __init__(self, family: str, shapes: dict[str, tuple[int, ...]],
-                 layers: list[dict[str, list[_Part]]], layerless: dict[str, list[_Part]],
-                 *, inferred: bool, tied: bool, scope: "str | Sequence[str]" = "mlp.gate"):
+    def __init__(
+        self,
+        family: str,
+        shapes: dict[str, tuple[int, ...]],
+        layers: list[dict[str, list[_Part]]],
+        layerless: dict[str, list[_Part]],
+        *,
+        inferred: bool,
+        tied: bool,
+        scope: "str | Sequence[str]" = "mlp.gate",
+    ):
         self.family = family
         self.shapes = {k: tuple(v) for k, v in shapes.items()}
         self._layers = layers
@@ -71,8 +84,7 @@ class ArchitectureMap:
         config = dict(config or {})
         model_type = str(config.get("model_type") or "unknown")
         config_obj = _config_object(config)
-        tied = bool(getattr(config_obj, "tie_word_embeddings",
-                            config.get("tie_word_embeddings", False)))
+        tied = bool(getattr(config_obj, "tie_word_embeddings", config.get("tie_word_embeddings", False)))
         dims = _dims(config, config_obj)
         plan = _tp_plan(config_obj)
         family = FAMILIES.get(model_type)
@@ -87,8 +99,9 @@ class ArchitectureMap:
     def with_scope(self, scope: "str | Sequence[str]") -> "ArchitectureMap":
         """A copy whose default scope is `scope`: whole-layer components resolve to it."""
         self._scope_items(scope)  # validate now
-        return ArchitectureMap(self.family, self.shapes, self._layers, self._layerless,
-                               inferred=self.inferred, tied=self.tied, scope=scope)
+        return ArchitectureMap(
+            self.family, self.shapes, self._layers, self._layerless, inferred=self.inferred, tied=self.tied, scope=scope
+        )
 
     def describe(self) -> dict:
         """Summary for manifests: family, num_layers, ffn_size, tied, inferred, modules, layerless.
@@ -96,11 +109,16 @@ class ArchitectureMap:
         A tied map also says so in words (`tied_head`), and names a stored copy of the tied
         tensor (`tied_copies`) when there is one.
         """
-        modules = sorted({m for mods in self._layers for m in mods},
-                         key=lambda m: Component(0, m)._key())
-        out = {"family": self.family, "num_layers": self.num_layers,
-               "ffn_size": self.ffn_size, "tied": self.tied, "inferred": self.inferred,
-               "modules": modules, "layerless": sorted(self._layerless)}
+        modules = sorted({m for mods in self._layers for m in mods}, key=lambda m: Component(0, m)._key())
+        out = {
+            "family": self.family,
+            "num_layers": self.num_layers,
+            "ffn_size": self.ffn_size,
+            "tied": self.tied,
+            "inferred": self.inferred,
+            "modules": modules,
+            "layerless": sorted(self._layerless),
+        }
         if self.tied:
             out["tied_head"] = TIED_HEAD
             if self.tied_copies:
@@ -108,9 +126,10 @@ class ArchitectureMap:
         return out
 
     def __repr__(self) -> str:
-        return (f"ArchitectureMap(family={self.family!r}, num_layers={self.num_layers}, "
-                f"ffn_size={self.ffn_size}, inferred={self.inferred}"
-                + (", tied=True" if self.tied else "") + ")")
+        return (
+            f"ArchitectureMap(family={self.family!r}, num_layers={self.num_layers}, "
+            f"ffn_size={self.ffn_size}, inferred={self.inferred}" + (", tied=True" if self.tied else "") + ")"
+        )
 
     # ---- modules -----------------------------------------------------------------------
 
@@ -124,16 +143,19 @@ class ArchitectureMap:
 
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
-            raise DdalignError(f"layer {layer} does not exist: {self.family} map has "
-                               f"{self.num_layers} layers (0-{self.num_layers - 1})")
+            raise DdalignError(
+                f"layer {layer} does not exist: {self.family} map has "
+                f"{self.num_layers} layers (0-{self.num_layers - 1})"
+            )
 
     def _parts(self, component: Component) -> list[_Part]:
         """Stored parts of a module-level component (group -> its members' parts)."""
         if component.layer is None:
             if component.module not in self._layerless:
-                raise DdalignError(f"component {component.module!r} does not exist in this "
-                                   f"{self.family} checkpoint"
-                                   + (f": {TIED_HEAD}" if component.module == "head" and self.tied else ""))
+                raise DdalignError(
+                    f"component {component.module!r} does not exist in this "
+                    f"{self.family} checkpoint" + (f": {TIED_HEAD}" if component.module == "head" and self.tied else "")
+                )
             return self._layerless[component.module]
         self._check_layer(component.layer)
         mods = self._layers[component.layer]
@@ -145,9 +167,11 @@ class ArchitectureMap:
                 members = [m for m in members if m in ("mlp.gate", "mlp.up", "mlp.down")]
             if members:
                 return [p for m in members for p in mods[m]]
-        raise DdalignError(f"component {component.name!r}: layer {component.layer} of this "
-                           f"{self.family} checkpoint has no module {component.module!r}; "
-                           f"it has {', '.join(self.modules(component.layer))}")
+        raise DdalignError(
+            f"component {component.name!r}: layer {component.layer} of this "
+            f"{self.family} checkpoint has no module {component.module!r}; "
+            f"it has {', '.join(self.modules(component.layer))}"
+        )
 
     def extent(self, component: "Component | str") -> int | None:
         """Number of rows a module has for row blocks (FFN neurons, output features), or None."""
@@ -156,8 +180,10 @@ class ArchitectureMap:
         if not lengths:
             return None
         if len(lengths) > 1:
-            raise DdalignError(f"component {component.name!r}: its tensors disagree on the "
-                               f"row count ({sorted(lengths)}); blocks are not defined")
+            raise DdalignError(
+                f"component {component.name!r}: its tensors disagree on the "
+                f"row count ({sorted(lengths)}); blocks are not defined"
+            )
         return lengths.pop()
 
     def _ffn_size(self) -> int:
@@ -174,8 +200,11 @@ class ArchitectureMap:
     def _scope_items(self, scope) -> list[str]:
         items = parse_scope(scope)
         for item in items:
-            if item in SCOPE_KEYWORDS or any(c in item for c in "*?") or \
-                    re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_]+)*", item):
+            if (
+                item in SCOPE_KEYWORDS
+                or any(c in item for c in "*?")
+                or re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_]+)*", item)
+            ):
                 continue
             Component.parse(item)  # raises on a bad name
         return items
@@ -205,10 +234,14 @@ class ArchitectureMap:
             return out
         return [Component(layer, item)] if item in mods else []
 
-    def components(self, scope: "str | Sequence[str] | None" = None,
-                   layers: "str | range | Iterable[int] | None" = None, *,
-                   granularity: str = "module",
-                   block_size: int | None = None) -> list[Component]:
+    def components(
+        self,
+        scope: "str | Sequence[str] | None" = None,
+        layers: "str | range | Iterable[int] | None" = None,
+        *,
+        granularity: str = "module",
+        block_size: int | None = None,
+    ) -> list[Component]:
         """The units a transfer or search works on, sorted in model order.
 
         scope (default: the map's scope, "mlp.gate" unless `with_scope` changed it):
@@ -236,15 +269,16 @@ class ArchitectureMap:
         universe = None
         chosen: set[Component] = set()
         for item in items:
-            if item in SCOPE_KEYWORDS or (re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_]+)*", item)
-                                          and item not in LAYERLESS):
+            if item in SCOPE_KEYWORDS or (re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_]+)*", item) and item not in LAYERLESS):
                 found = [c for i in layer_list for c in self._keyword(item, i)]
                 if item == "all" and selected_layers is None:
                     found += [Component(None, m) for m in self._layerless]
                 if not found:
-                    raise DdalignError(f"scope {item!r}: no such module in this "
-                                       f"{self.family} checkpoint; its layers have "
-                                       f"{', '.join(self.modules(0)) if self.num_layers else 'nothing'}")
+                    raise DdalignError(
+                        f"scope {item!r}: no such module in this "
+                        f"{self.family} checkpoint; its layers have "
+                        f"{', '.join(self.modules(0)) if self.num_layers else 'nothing'}"
+                    )
                 chosen.update(found)
             elif any(c in item for c in "*?") or not _is_component_name(item):
                 universe = universe if universe is not None else self._universe(layer_list)
@@ -252,19 +286,20 @@ class ArchitectureMap:
                 if selected_layers is not None:
                     found = [c for c in found if c.layer is not None]
                 if not found:
-                    raise DdalignError(f"scope pattern {item!r} matches no component; "
-                                       f"components look like {_describe([c.name for c in universe][:6])}")
+                    raise DdalignError(
+                        f"scope pattern {item!r} matches no component; "
+                        f"components look like {_describe([c.name for c in universe][:6])}"
+                    )
                 chosen.update(found)
             else:
                 comp = Component.parse(item)
-                if comp.layer is not None and comp.module == "":   # "L3": all of layer 3
+                if comp.layer is not None and comp.module == "":  # "L3": all of layer 3
                     self._check_layer(comp.layer)
                     found = self._keyword("all", comp.layer)
                 else:
                     self.resolve(comp)  # must exist
                     found = [comp]
-                chosen.update(c for c in found
-                              if selected_layers is None or c.layer in selected_layers)
+                chosen.update(c for c in found if selected_layers is None or c.layer in selected_layers)
         units = self._drop_covered(sorted(chosen))
         if granularity == "module":
             return units
@@ -286,25 +321,27 @@ class ArchitectureMap:
             slices = {c: self.resolve(c) for c in wholes}
 
             def inside_a_whole(c: Component, own: list[TensorSlice]) -> bool:
-                return any(o != c and _related(o, c) and _slices_cover(slices[o], own) and
-                           not (c in slices and _slices_cover(own, slices[o]) and c < o)
-                           for o in wholes)
+                return any(
+                    o != c
+                    and _related(o, c)
+                    and _slices_cover(slices[o], own)
+                    and not (c in slices and _slices_cover(own, slices[o]) and c < o)
+                    for o in wholes
+                )
 
             keep.extend(c for c in wholes if not inside_a_whole(c, slices[c]))
             # blocks: inside a whole unit, or inside a block of the same module or of the
             # whole-FFN group (L3.mlp[0:32] holds L3.mlp.gate[8:16]): an interval sweep
-            blocks = sorted((c for c in group if c.block is not None),
-                            key=lambda c: (c.block[0], -c.block[1]))
-            reach: dict[str, int] = {}          # module -> furthest block end seen so far
+            blocks = sorted((c for c in group if c.block is not None), key=lambda c: (c.block[0], -c.block[1]))
+            reach: dict[str, int] = {}  # module -> furthest block end seen so far
             mlp_starts = [c.block[0] for c in blocks if c.module == "mlp"]
-            mlp_reach = list(itertools.accumulate((c.block[1] for c in blocks
-                                                   if c.module == "mlp"), max))
+            mlp_reach = list(itertools.accumulate((c.block[1] for c in blocks if c.module == "mlp"), max))
             for c in blocks:
                 a, b = c.block
                 covered = reach.get(c.module, -1) >= b
                 reach[c.module] = max(reach.get(c.module, -1), b)
                 if not covered and c.module.startswith("mlp."):
-                    n = bisect.bisect_right(mlp_starts, a)   # mlp blocks starting at or before a
+                    n = bisect.bisect_right(mlp_starts, a)  # mlp blocks starting at or before a
                     covered = n > 0 and mlp_reach[n - 1] >= b
                 if not covered and wholes:
                     covered = inside_a_whole(c, self.resolve(c))
@@ -328,23 +365,25 @@ class ArchitectureMap:
         """
         component = Component.parse(component)
         if component.layer is not None and component.module == "":
-            return _merge([s for c in self.in_scope_modules(component.layer, scope)
-                           for s in self.resolve(c)], self.shapes)
+            return _merge(
+                [s for c in self.in_scope_modules(component.layer, scope) for s in self.resolve(c)], self.shapes
+            )
         parts = self._parts(component.unblocked)
         if component.block is None:
             return _merge([p.whole() for p in parts], self.shapes)
         a, b = component.block
         size = self.extent(component)
         if size is None:
-            raise DdalignError(f"component {component.name!r}: {component.unblocked.name} has "
-                               "no rows to split into blocks")
+            raise DdalignError(
+                f"component {component.name!r}: {component.unblocked.name} has no rows to split into blocks"
+            )
         if b > size:
-            raise DdalignError(f"component {component.name!r}: block end {b} is past the "
-                               f"module's {size} rows")
+            raise DdalignError(f"component {component.name!r}: block end {b} is past the module's {size} rows")
         return [p.rows(a, b) for p in parts if p.axis is not None]
 
-    def expand(self, component: "Component | str", granularity: str,
-               block_size: int | None = None, scope=None) -> list[Component]:
+    def expand(
+        self, component: "Component | str", granularity: str, block_size: int | None = None, scope=None
+    ) -> list[Component]:
         """One level down the search hierarchy (layer -> module -> row block).
 
         "module": L3 -> its in-scope module units; L3.mlp / L3.attn -> their stored modules;
@@ -356,9 +395,12 @@ class ArchitectureMap:
         if granularity == "module":
             if component.layer is not None and component.module == "":
                 return self.in_scope_modules(component.layer, scope)
-            if component.layer is not None and component.block is None and \
-                    component.module in _GROUPS and \
-                    component.module not in self._layers[component.layer]:
+            if (
+                component.layer is not None
+                and component.block is None
+                and component.module in _GROUPS
+                and component.module not in self._layers[component.layer]
+            ):
                 self._parts(component)  # raises when the layer or the group is missing
                 members = self._group_members(component.layer, component.module)
                 if component.module == "mlp":
@@ -368,15 +410,14 @@ class ArchitectureMap:
         if granularity != "block":
             raise DdalignError(f"granularity {granularity!r}: expected module or block")
         if component.layer is not None and component.module == "":
-            return [b for c in self.in_scope_modules(component.layer, scope)
-                    for b in self.expand(c, "block", block_size)]
+            return [
+                b for c in self.in_scope_modules(component.layer, scope) for b in self.expand(c, "block", block_size)
+            ]
         if component.layer is None:
             return [component]
-        if component.module == "attn" and component.block is None and \
-                "attn" not in self._layers[component.layer]:
+        if component.module == "attn" and component.block is None and "attn" not in self._layers[component.layer]:
             # q, k, v, o have different row counts: the group splits into its members' blocks
-            return [b for c in self.expand(component, "module")
-                    for b in self.expand(c, "block", block_size)]
+            return [b for c in self.expand(component, "module") for b in self.expand(c, "block", block_size)]
         size = self.extent(component)
         if size is None:
             return [component]
@@ -386,13 +427,13 @@ class ArchitectureMap:
         if block_size < 1:
             raise DdalignError(f"block size {block_size}: expected a positive number of rows")
         base = component.unblocked
-        return [replace(base, block=(a, min(a + block_size, hi)))
-                for a in range(lo, hi, block_size)]
+        return [replace(base, block=(a, min(a + block_size, hi))) for a in range(lo, hi, block_size)]
 
     def param_count(self, component: "Component | str", scope=None) -> int:
         """Number of parameters a component moves (a stored copy of a tied tensor counts once)."""
-        return sum(s.numel(self.shapes[s.tensor]) for s in self.resolve(component, scope)
-                   if s.tensor not in self.tied_copies)
+        return sum(
+            s.numel(self.shapes[s.tensor]) for s in self.resolve(component, scope) if s.tensor not in self.tied_copies
+        )
 
     def total_params(self) -> int:
         """Parameters of the model (a tied head counts once, also when a copy of it is stored)."""
@@ -421,8 +462,13 @@ def _merge(slices: list[TensorSlice], shapes: dict) -> list[TensorSlice]:
     out: list[TensorSlice] = []
     for s in slices:
         prev = out[-1] if out else None
-        if prev is not None and prev.tensor == s.tensor and prev.dim is not None \
-                and prev.dim == s.dim and prev.stop == s.start:
+        if (
+            prev is not None
+            and prev.tensor == s.tensor
+            and prev.dim is not None
+            and prev.dim == s.dim
+            and prev.stop == s.start
+        ):
             s = TensorSlice(s.tensor, s.dim, prev.start, s.stop)
             if s.start == 0 and s.stop == shapes[s.tensor][s.dim]:
                 s = TensorSlice(s.tensor, None)

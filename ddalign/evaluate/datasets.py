@@ -7,6 +7,7 @@ column is found by name, or given with `column`. Plain text: one prompt a line; 
 lines starting with `#` are skipped as comments (a warning says how many), and `column` does not
 apply (a warning says so).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,7 @@ from ddalign.errors import DdalignError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
-PROMPT_COLUMNS = ("prompt", "goal", "Goal", "Behavior", "behavior", "instruction", "question", "text", "query",
-                  "input")
+PROMPT_COLUMNS = ("prompt", "goal", "Goal", "Behavior", "behavior", "instruction", "question", "text", "query", "input")
 REFERENCE_COLUMNS = ("reference", "answer", "output", "target_answer", "response")
 CATEGORY_COLUMNS = ("category", "Category", "SemanticCategory", "type", "task")
 LABEL_COLUMNS = ("label",)
@@ -50,8 +50,10 @@ def _pick(row: dict, names, given: str | None = None, *, source: str = "", requi
         empty = next((name for name in names if name in row), None)
         if empty is not None:
             raise DdalignError(f"{source}: the prompt cell ({empty!r}) is empty")
-        raise DdalignError(f"{source}: no prompt column found (expected one of {', '.join(names)}, "
-                           f"found: {', '.join(map(str, row))}); pass --column")
+        raise DdalignError(
+            f"{source}: no prompt column found (expected one of {', '.join(names)}, "
+            f"found: {', '.join(map(str, row))}); pass --column"
+        )
     return None
 
 
@@ -59,7 +61,7 @@ def _from_record(row: dict, column: str | None, source: str) -> Prompt:
     if not isinstance(row, dict):
         raise DdalignError(f"{source}: expected an object with a prompt field, got {type(row).__name__}")
     reference = _pick(row, REFERENCE_COLUMNS)
-    if column is None and "instruction" in row and isinstance(row.get("instances"), list):   # self-instruct
+    if column is None and "instruction" in row and isinstance(row.get("instances"), list):  # self-instruct
         instance = row["instances"][0] if row["instances"] else {}
         extra = (instance.get("input") or "").strip()
         text = row["instruction"].strip() + (f"\n\n{extra}" if extra else "")
@@ -71,9 +73,13 @@ def _from_record(row: dict, column: str | None, source: str) -> Prompt:
     label = _pick(row, LABEL_COLUMNS)
     ident = _pick(row, ID_COLUMNS)
     category = _pick(row, CATEGORY_COLUMNS)
-    return Prompt(text.strip(), None if reference is None else str(reference),
-                  None if category is None else str(category), None if ident is None else str(ident),
-                  None if label is None else str(label))
+    return Prompt(
+        text.strip(),
+        None if reference is None else str(reference),
+        None if category is None else str(category),
+        None if ident is None else str(ident),
+        None if label is None else str(label),
+    )
 
 
 def load_prompts(path, *, column: str | None = None, split: str | None = None) -> list[Prompt]:
@@ -121,17 +127,22 @@ def load_prompts(path, *, column: str | None = None, split: str | None = None) -
         from ddalign.errors import DdalignWarning
 
         if column is not None:
-            warnings.warn(f"{path}: plain text has one prompt a line and no columns; --column {column} "
-                          f"does not apply to it", DdalignWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: plain text has one prompt a line and no columns; --column {column} does not apply to it",
+                DdalignWarning,
+                stacklevel=2,
+            )
         lines = [line for line in text.splitlines() if line.strip()]
         comments = sum(1 for line in lines if line.startswith("#"))
         if comments:
-            warnings.warn(f"{path}: {comments} line(s) starting with '#' skipped as comments", DdalignWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"{path}: {comments} line(s) starting with '#' skipped as comments", DdalignWarning, stacklevel=2
+            )
         return [Prompt(line.strip()) for line in lines if not line.startswith("#")]
     else:
-        raise DdalignError(f"{path}: unknown prompt file type {suffix!r}; "
-                           f"expected .csv, .json, .jsonl, .parquet or .txt")
+        raise DdalignError(
+            f"{path}: unknown prompt file type {suffix!r}; expected .csv, .json, .jsonl, .parquet or .txt"
+        )
     prompts = [Prompt(r) if isinstance(r, str) else _from_record(r, column, src) for src, r in records]
     if split is not None:
         prompts = [p for p, (_, r) in zip(prompts, records) if isinstance(r, dict) and r.get("split") == split]
@@ -146,7 +157,7 @@ def _parquet_rows(path: Path) -> list[dict]:
         raise DdalignError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
     try:
         return pq.read_table(path).to_pylist()
-    except Exception as exc:          # pyarrow raises its own ArrowInvalid / OSError kinds
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError kinds
         raise DdalignError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
 
 
@@ -163,8 +174,16 @@ def builtin_records(name: str) -> list[dict]:
 
 def builtin(name: str) -> list[Prompt]:
     """A built-in set as prompts (benign and safe carry their reference answers)."""
-    return [Prompt(r["prompt"], r.get("answer"), r.get("category") or r.get("task"), r["id"],
-                   "safe" if name.startswith("safe") else None) for r in builtin_records(name)]
+    return [
+        Prompt(
+            r["prompt"],
+            r.get("answer"),
+            r.get("category") or r.get("task"),
+            r["id"],
+            "safe" if name.startswith("safe") else None,
+        )
+        for r in builtin_records(name)
+    ]
 
 
 def builtin_refusals() -> list[str]:

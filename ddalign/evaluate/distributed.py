@@ -7,6 +7,7 @@ others skipped. Works under `accelerate launch` and `torchrun` (both set RANK / 
 MASTER_ADDR / MASTER_PORT / LOCAL_RANK), with gloo on CPU and NCCL on GPU; a plain `python`
 run is a single process and touches no `torch.distributed` state.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,8 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    backend: str | None = None          # None: single process
-    owns_group: bool = False            # True when from_env initialised the group (close() ends it)
+    backend: str | None = None  # None: single process
+    owns_group: bool = False  # True when from_env initialised the group (close() ends it)
 
     @classmethod
     def single(cls) -> "Dist":
@@ -51,8 +52,13 @@ class Dist:
 
         local_rank = _env_int("LOCAL_RANK", 0)
         if dist.is_available() and dist.is_initialized():
-            return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                       backend=str(dist.get_backend()), owns_group=False)
+            return cls(
+                rank=dist.get_rank(),
+                world_size=dist.get_world_size(),
+                local_rank=local_rank,
+                backend=str(dist.get_backend()),
+                owns_group=False,
+            )
         if not all(v in os.environ for v in ENV_VARS):
             return cls(local_rank=local_rank)
         rank, world = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)

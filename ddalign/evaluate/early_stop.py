@@ -16,6 +16,7 @@ count a human would expect:
 - at least a rate `r` of `n`:     need = ceil(r * n - 1e-9)       (r <= 0: 0; r > 1: n + 1, never)
 - at most a rate `r` of `n`:      allowed = floor(r * n + 1e-9)   (then need = n - allowed non-events)
 """
+
 from __future__ import annotations
 
 import math
@@ -112,8 +113,13 @@ class CountTest:
         return self.n - self.seen
 
     def as_dict(self) -> dict:
-        return {"need": self.need, "k": self.successes, "seen": self.seen, "n": self.n,
-                "stopped_early": self.seen < self.n}
+        return {
+            "need": self.need,
+            "k": self.successes,
+            "seen": self.seen,
+            "n": self.n,
+            "stopped_early": self.seen < self.n,
+        }
 
 
 def _check_n(n: int) -> None:

@@ -11,6 +11,7 @@ Prompt rendering: with `GenerationConfig.template` unset, the tokenizer's chat t
 `DEFAULT_TEMPLATE`; `template="chat"` demands a chat template; any other string is a plain
 template with a `{prompt}` field.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -35,22 +36,26 @@ class GenerationConfig:
 
     max_new_tokens: int = 64
     batch_size: int = 32
-    template: str | None = None          # None: chat template if any, else DEFAULT_TEMPLATE
-    device: str | None = None            # None: where the model already is
-    dtype: str | None = None             # informative here; load_model applies it
+    template: str | None = None  # None: chat template if any, else DEFAULT_TEMPLATE
+    device: str | None = None  # None: where the model already is
+    dtype: str | None = None  # informative here; load_model applies it
     max_prompt_tokens: int | None = None  # None: the model's context minus max_new_tokens
 
     def __post_init__(self) -> None:
-        if self.max_prompt_tokens is not None and (not isinstance(self.max_prompt_tokens, int)
-                                                   or self.max_prompt_tokens < 1):
-            raise DdalignError(f"generation max_prompt_tokens: expected a positive integer, "
-                               f"got {self.max_prompt_tokens!r}")
+        if self.max_prompt_tokens is not None and (
+            not isinstance(self.max_prompt_tokens, int) or self.max_prompt_tokens < 1
+        ):
+            raise DdalignError(
+                f"generation max_prompt_tokens: expected a positive integer, got {self.max_prompt_tokens!r}"
+            )
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise DdalignError(f"generation max_new_tokens: expected a positive integer, got {self.max_new_tokens!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise DdalignError(f"generation batch_size: expected a positive integer, got {self.batch_size!r}")
         if self.template is not None and self.template != "chat" and "{prompt}" not in self.template:
-            raise DdalignError(f"generation template: expected 'chat' or a text with a {{prompt}} field, got {self.template!r}")
+            raise DdalignError(
+                f"generation template: expected 'chat' or a text with a {{prompt}} field, got {self.template!r}"
+            )
 
 
 @dataclass
@@ -59,7 +64,7 @@ class Generation:
 
     text: str
     new_tokens: int
-    stop: str                            # "eos" | "stop_when" | "length"
+    stop: str  # "eos" | "stop_when" | "length"
 
 
 @dataclass
@@ -71,20 +76,31 @@ class GenerationStats:
     prompt_tokens: int = 0
     forward_passes: int = 0
     seconds: float = 0.0
-    truncated_prompts: int = 0           # prompts cut to max_prompt_tokens (their last tokens kept)
+    truncated_prompts: int = 0  # prompts cut to max_prompt_tokens (their last tokens kept)
 
     def as_dict(self) -> dict:
-        return {"prompts": self.prompts, "generated_tokens": self.new_tokens,
-                "truncated_prompts": self.truncated_prompts,
-                "prompt_tokens": self.prompt_tokens, "forward_passes": self.forward_passes,
-                "seconds": round(self.seconds, 4)}
+        return {
+            "prompts": self.prompts,
+            "generated_tokens": self.new_tokens,
+            "truncated_prompts": self.truncated_prompts,
+            "prompt_tokens": self.prompt_tokens,
+            "forward_passes": self.forward_passes,
+            "seconds": round(self.seconds, 4),
+        }
 
 
 # --- device, dtype, loading ------------------------------------------------------------------
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -99,8 +115,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return _DTYPES[key]
 
 
-def auto_device_dtype(device: str | None = None, dtype: str | torch.dtype | None = None
-                      ) -> tuple[str, torch.dtype]:
+def auto_device_dtype(device: str | None = None, dtype: str | torch.dtype | None = None) -> tuple[str, torch.dtype]:
     """CUDA + bf16 (fp16 where bf16 is missing) when a GPU is present, else CPU float32."""
     if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -135,8 +150,10 @@ def check_model_folder(path, *, allow_pickle: bool = False, trust_remote_code: b
     if not safe and not pickled:
         raise DdalignError(f"{folder}: no *.safetensors weights found")
     if not safe and not allow_pickle:
-        raise DdalignError(f"{folder}: only pickle weights ({pickled[0].name}); pass allow_pickle "
-                           "(--allow-pickle) to load them with weights_only=True")
+        raise DdalignError(
+            f"{folder}: only pickle weights ({pickled[0].name}); pass allow_pickle "
+            "(--allow-pickle) to load them with weights_only=True"
+        )
     return folder
 
 
@@ -153,9 +170,15 @@ def _needs_device_map(folder: Path, dtype: torch.dtype, device: str) -> bool:
     return stored * scale > free
 
 
-def load_model(path, *, device: str | None = None, dtype: str | torch.dtype | None = None,
-               device_map: str | dict | None = None, trust_remote_code: bool = False,
-               allow_pickle: bool = False):
+def load_model(
+    path,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+):
     """Load a causal-LM folder (or Hub id) once, for evaluation: (model in eval mode, tokenizer).
 
     Safetensors only unless `allow_pickle` (pickle can run code). Device and dtype are chosen
@@ -169,8 +192,7 @@ def load_model(path, *, device: str | None = None, dtype: str | torch.dtype | No
     device, torch_dtype = auto_device_dtype(device, dtype)
     if device_map is None and _needs_device_map(folder, torch_dtype, device):
         device_map = "auto"
-    kwargs = dict(dtype_argument(torch_dtype), trust_remote_code=trust_remote_code,
-                  use_safetensors=bool(safe))
+    kwargs = dict(dtype_argument(torch_dtype), trust_remote_code=trust_remote_code, use_safetensors=bool(safe))
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
@@ -188,6 +210,7 @@ def load_model(path, *, device: str | None = None, dtype: str | torch.dtype | No
 
 
 # --- the generator ---------------------------------------------------------------------------
+
 
 class Generator:
     """Greedy, batched, cached decoding over one loaded model (load once, generate many times)."""
@@ -216,8 +239,9 @@ class Generator:
     def render(self, prompt: str) -> str:
         """The text fed to the model for one user prompt (chat template or plain template)."""
         if self.uses_chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                      tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
         template = self.config.template if self.config.template not in (None, "chat") else DEFAULT_TEMPLATE
         return template.replace("{prompt}", prompt)
 
@@ -233,7 +257,7 @@ class Generator:
             return ids
         bos = getattr(self.tokenizer, "bos_token_id", None)
         head = ids[:1] if bos is not None and ids[0] == bos and limit > 1 else []
-        return head + ids[len(ids) - (limit - len(head)):]
+        return head + ids[len(ids) - (limit - len(head)) :]
 
     def encode_full(self, prompt: str) -> list[int]:
         text = self.render(prompt)
@@ -258,17 +282,24 @@ class Generator:
         if context is None:
             return None
         if context <= self.config.max_new_tokens:
-            raise DdalignError(f"generation max_new_tokens {self.config.max_new_tokens}: leaves no room for a prompt "
-                               f"in the model's context of {context} tokens")
+            raise DdalignError(
+                f"generation max_new_tokens {self.config.max_new_tokens}: leaves no room for a prompt "
+                f"in the model's context of {context} tokens"
+            )
         return context - self.config.max_new_tokens
 
     def describe(self) -> dict:
         """Settings for records: enough to reproduce the answers."""
-        return {"decoding": "greedy", "max_new_tokens": self.config.max_new_tokens,
-                "batch_size": self.config.batch_size, "max_prompt_tokens": self.max_prompt_tokens,
-                "template": "chat" if self.uses_chat_template else (self.config.template or DEFAULT_TEMPLATE),
-                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "eos_token_ids": sorted(self.eos_ids)}
+        return {
+            "decoding": "greedy",
+            "max_new_tokens": self.config.max_new_tokens,
+            "batch_size": self.config.batch_size,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "template": "chat" if self.uses_chat_template else (self.config.template or DEFAULT_TEMPLATE),
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "eos_token_ids": sorted(self.eos_ids),
+        }
 
     @property
     def device(self) -> torch.device:
@@ -279,14 +310,19 @@ class Generator:
         return next(self.model.parameters()).dtype
 
     # decoding ---------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], *, stop_when: StopWhen | Sequence[StopWhen | None] | None = None
-                 ) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], *, stop_when: StopWhen | Sequence[StopWhen | None] | None = None
+    ) -> list[str]:
         """Answers in input order (plain text, special tokens removed)."""
         return [g.text for g in self.generate_detailed(prompts, stop_when=stop_when)]
 
-    def generate_detailed(self, prompts: Sequence[str], *,
-                          stop_when: StopWhen | Sequence[StopWhen | None] | None = None,
-                          progress: Callable[[int], None] | None = None) -> list[Generation]:
+    def generate_detailed(
+        self,
+        prompts: Sequence[str],
+        *,
+        stop_when: StopWhen | Sequence[StopWhen | None] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
         """Like `generate`, with token counts and stop reasons; `progress(n)` after each batch."""
         results: list[Generation | None] = [None] * len(prompts)
         for indices, batch in self.iter_batches(prompts, stop_when=stop_when):
@@ -296,10 +332,13 @@ class Generator:
                 progress(len(indices))
         return results  # type: ignore[return-value]
 
-    def iter_batches(self, prompts: Sequence[str], *,
-                     stop_when: StopWhen | Sequence[StopWhen | None] | None = None,
-                     order: Sequence[int] | None = None
-                     ) -> Iterator[tuple[list[int], list[Generation]]]:
+    def iter_batches(
+        self,
+        prompts: Sequence[str],
+        *,
+        stop_when: StopWhen | Sequence[StopWhen | None] | None = None,
+        order: Sequence[int] | None = None,
+    ) -> Iterator[tuple[list[int], list[Generation]]]:
         """Yield (input indices, generations) batch by batch, longest prompts first.
 
         A caller that can stop early (the oracle, once its verdict is known) simply stops
@@ -321,14 +360,17 @@ class Generator:
         visit.sort(key=lambda i: -len(encoded[i]))
         size = self.config.batch_size
         for start in range(0, len(visit), size):
-            indices = visit[start:start + size]
+            indices = visit[start : start + size]
             gens = self._decode_batch([encoded[i] for i in indices], [per_row[i] for i in indices])
             yield indices, gens
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), getattr(self.model, "config", None),
-                       self.tokenizer):
+        for source in (
+            getattr(self.model, "generation_config", None),
+            getattr(self.model, "config", None),
+            self.tokenizer,
+        ):
             value = getattr(source, "eos_token_id", None) if source is not None else None
             if isinstance(value, int):
                 ids.add(value)
@@ -352,9 +394,9 @@ class Generator:
         device = self.device
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
-        for b, r in enumerate(rows):                       # left padding
-            ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[b, width - len(r):] = 1
+        for b, r in enumerate(rows):  # left padding
+            ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[b, width - len(r) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         # As model.generate does: positions count real tokens only; pads get position 1.
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
@@ -363,13 +405,19 @@ class Generator:
         extra = {"logits_to_keep": 1} if self._logits_to_keep else {}
         out_tokens: list[list[int]] = [[] for _ in range(n)]
         stop_reason = ["length"] * n
-        active = list(range(n))                            # row -> original batch index
+        active = list(range(n))  # row -> original batch index
         eos = torch.tensor(sorted(self.eos_ids) or [-1], device=device)
         step_input, step_pos = ids, positions
         passes = 0
         for step in range(self.config.max_new_tokens):
-            out = self.model(input_ids=step_input, attention_mask=mask, position_ids=step_pos,
-                             use_cache=True, **{self._cache_arg: cache}, **extra)
+            out = self.model(
+                input_ids=step_input,
+                attention_mask=mask,
+                position_ids=step_pos,
+                use_cache=True,
+                **{self._cache_arg: cache},
+                **extra,
+            )
             passes += 1
             cache = getattr(out, self._cache_arg)
             next_tokens = out.logits[:, -1, :].argmax(-1)
@@ -388,7 +436,7 @@ class Generator:
                 keep.append(row)
             if not keep or step == self.config.max_new_tokens - 1:
                 break
-            if len(keep) < len(active):                    # drop finished rows from the batch
+            if len(keep) < len(active):  # drop finished rows from the batch
                 index = torch.tensor(keep, device=device)
                 cache = _select_rows(cache, index)
                 mask = mask[index]
@@ -398,8 +446,10 @@ class Generator:
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             step_input = next_tokens.unsqueeze(1)
             step_pos = step_pos[:, -1:] + 1
-        gens = [Generation(self._text(toks), len(toks) + (reason == "eos"), reason)
-                for toks, reason in zip(out_tokens, stop_reason)]
+        gens = [
+            Generation(self._text(toks), len(toks) + (reason == "eos"), reason)
+            for toks, reason in zip(out_tokens, stop_reason)
+        ]
         self.stats.prompts += n
         self.stats.new_tokens += sum(g.new_tokens for g in gens)
         self.stats.prompt_tokens += sum(len(r) for r in rows)
@@ -422,13 +472,14 @@ def dtype_argument(dtype) -> dict:
 # (5.24 still accepts the old name with a deprecation warning; 5.40 drops it). Both are detected
 # from what the installed version offers, not from its version number.
 
+
 def _cache_argument(params) -> str:
     """The name of the forward argument (and output field) that carries the KV cache."""
     if "cache" in params:
         return "cache"
     if "past_key_values" in params:
         return "past_key_values"
-    try:   # a wrapped forward (*args, **kwargs): go by the library's output class
+    try:  # a wrapped forward (*args, **kwargs): go by the library's output class
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"

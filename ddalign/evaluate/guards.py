@@ -7,6 +7,7 @@ benign_accuracy, see `Oracle.measure`) against the calibration's baseline. Addin
 subclass of `Guard` and one `register(...)`; its `[oracle]` key, default and help text come from
 the class. Guards run in registration order, so register the cheapest first.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,19 +16,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ddalign.errors import DdalignError
 from ddalign.evaluate.early_stop import CountTest, allowed_at_most
 
-if TYPE_CHECKING:                      # pragma: no cover
+if TYPE_CHECKING:  # pragma: no cover
     from ddalign.evaluate.oracle import Oracle
 
 
 class Guard:
     """One utility bound. Subclasses set the class attributes and the three rule methods."""
 
-    name: ClassVar[str]                # the criterion's name, in metrics and reports
-    key: ClassVar[str]                 # the [oracle] setting holding the bound (None: guard off)
-    metric: ClassVar[str]              # the measured metric it bounds
-    prompts: ClassVar[str]             # the prompt set it needs: "safe" or "benign"
-    default: ClassVar[float | None]    # the bound when a config does not name it
-    description: ClassVar[str]         # help text for the CLI and the configuration reference
+    name: ClassVar[str]  # the criterion's name, in metrics and reports
+    key: ClassVar[str]  # the [oracle] setting holding the bound (None: guard off)
+    metric: ClassVar[str]  # the measured metric it bounds
+    prompts: ClassVar[str]  # the prompt set it needs: "safe" or "benign"
+    default: ClassVar[float | None]  # the bound when a config does not name it
+    description: ClassVar[str]  # help text for the CLI and the configuration reference
 
     def bound_of(self, config) -> float | None:
         return getattr(config, self.key, None)
@@ -65,14 +66,17 @@ class PerplexityGuard(Guard):
     metric = "perplexity"
     prompts = "benign"
     default = 0.05
-    description = ("Guard: relative perplexity rise allowed over the target's own (0.05 = 5%); false (on the "
-                   "command line: off) switches it off.")
+    description = (
+        "Guard: relative perplexity rise allowed over the target's own (0.05 = 5%); false (on the "
+        "command line: off) switches it off."
+    )
 
     def check_baseline(self, empty: dict) -> None:
         super().check_baseline(empty)
         if empty["perplexity"]["value"] is None:
-            raise DdalignError(f"oracle {self.key}: the target's own perplexity is not finite; "
-                               "expected a working target model")
+            raise DdalignError(
+                f"oracle {self.key}: the target's own perplexity is not finite; expected a working target model"
+            )
 
     def measured(self, metrics: dict) -> bool:
         # no finite baseline to bound against
@@ -89,10 +93,14 @@ class PerplexityGuard(Guard):
     def test(self, oracle, calibration):
         ppl, _, _ = oracle.perplexity()
         bound = self.limit(oracle.config, calibration.empty)
-        value = finite(ppl)            # the rounded value, as the full measurement compares it
+        value = finite(ppl)  # the rounded value, as the full measurement compares it
         ok = value is not None and value <= bound
-        info = {"value": value, "baseline": calibration.empty["perplexity"]["value"], "bound": round(bound, 6),
-                "passed": ok}
+        info = {
+            "value": value,
+            "baseline": calibration.empty["perplexity"]["value"],
+            "bound": round(bound, 6),
+            "passed": ok,
+        }
         return ok, info, {"prompts": 0, "tokens": 0}
 
     def words(self, config: dict) -> str:
@@ -105,8 +113,10 @@ class OverRefusalGuard(Guard):
     metric = "over_refusal"
     prompts = "safe"
     default = 0.05
-    description = ("Guard: over-refusal rise allowed on safe-but-scary prompts (absolute, 0.05 = five points); "
-                   "false (on the command line: off) switches it off.")
+    description = (
+        "Guard: over-refusal rise allowed on safe-but-scary prompts (absolute, 0.05 = five points); "
+        "false (on the command line: off) switches it off."
+    )
 
     def allowed(self, config, before: dict, full: dict, n: int) -> tuple[int, int]:
         """(baseline refusals, refusals allowed) of n safe prompts: the baseline is the target's own
@@ -130,8 +140,9 @@ class OverRefusalGuard(Guard):
         return bool(test.verdict), info, {"prompts": test.seen, "tokens": tokens}
 
     def words(self, config: dict) -> str:
-        return (f"over-refusal +{100 * config[self.key]:g} points"
-                + (" over the full transplant's" if config.get("over_refusal_reference") == "full" else ""))
+        return f"over-refusal +{100 * config[self.key]:g} points" + (
+            " over the full transplant's" if config.get("over_refusal_reference") == "full" else ""
+        )
 
 
 class BenignAccuracyGuard(Guard):
@@ -140,8 +151,10 @@ class BenignAccuracyGuard(Guard):
     metric = "benign_accuracy"
     prompts = "benign"
     default = 0.03
-    description = ("Guard: benign task accuracy drop allowed (absolute, 0.03 = three points); false (on the "
-                   "command line: off) switches it off.")
+    description = (
+        "Guard: benign task accuracy drop allowed (absolute, 0.03 = three points); false (on the "
+        "command line: off) switches it off."
+    )
 
     def check_prompts(self, oracle) -> None:
         super().check_prompts(oracle)

@@ -1,6 +1,7 @@
 """Metrics with their counts and 95% intervals: defense success, over-refusal, perplexity,
 benign accuracy. Small prompt sets make every rate uncertain, so every rate carries a Wilson
 interval (honest near 0 and 1, unlike the normal approximation)."""
+
 from __future__ import annotations
 
 import math
@@ -65,20 +66,27 @@ def over_refusal_rate(refused: Iterable[bool]) -> Rate:
 LOGITS_BUDGET = 512 * 2**20
 """Bytes of logits one perplexity batch may hold (a 32k vocabulary x 1024 tokens is 128 MiB)."""
 
+
 @dataclass
 class Perplexity:
     """exp of the token-weighted mean NLL, with the counts behind it."""
 
     value: float
-    nll: float          # mean negative log-likelihood per predicted token (nats)
-    tokens: int         # predicted tokens
+    nll: float  # mean negative log-likelihood per predicted token (nats)
+    tokens: int  # predicted tokens
     texts: int
     max_length: int
     stride: int
 
     def as_dict(self) -> dict:
-        return {"value": round(self.value, 6), "nll": round(self.nll, 6), "n": self.tokens,
-                "texts": self.texts, "max_length": self.max_length, "stride": self.stride}
+        return {
+            "value": round(self.value, 6),
+            "nll": round(self.nll, 6),
+            "n": self.tokens,
+            "texts": self.texts,
+            "max_length": self.max_length,
+            "stride": self.stride,
+        }
 
 
 def _windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -96,9 +104,16 @@ def _windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, 
 
 
 @torch.inference_mode()
-def perplexity_stats(model, tokenizer, texts: Sequence[str], *, stride: int | None = None,
-                     max_length: int | None = None, batch_size: int = 8,
-                     add_special_tokens: bool = True) -> Perplexity:
+def perplexity_stats(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    stride: int | None = None,
+    max_length: int | None = None,
+    batch_size: int = 8,
+    add_special_tokens: bool = True,
+) -> Perplexity:
     """Strided perplexity of each text (windows never cross texts), pooled over all texts.
 
     Every token but a text's first is predicted once, from up to `max_length - 1` tokens of
@@ -108,16 +123,18 @@ def perplexity_stats(model, tokenizer, texts: Sequence[str], *, stride: int | No
     max_length = min(limit, 1024) if max_length is None else int(max_length)
     stride = max(1, max_length // 2) if stride is None else int(stride)
     if max_length < 2 or not 1 <= stride <= max_length:
-        raise DdalignError(f"perplexity: expected 2 <= max_length and 1 <= stride <= max_length, "
-                           f"got max_length={max_length}, stride={stride}")
+        raise DdalignError(
+            f"perplexity: expected 2 <= max_length and 1 <= stride <= max_length, "
+            f"got max_length={max_length}, stride={stride}"
+        )
     if not texts:
         raise DdalignError("perplexity: no texts")
     device = model.get_input_embeddings().weight.device
-    pieces: list[tuple[list[int], int]] = []          # (window ids, number of scored last tokens)
+    pieces: list[tuple[list[int], int]] = []  # (window ids, number of scored last tokens)
     for text in texts:
         ids = list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
         for begin, end, new in _windows(len(ids), max_length, stride):
-            scored = min(new, end - begin - 1)         # the window's first token has no prediction
+            scored = min(new, end - begin - 1)  # the window's first token has no prediction
             if scored > 0:
                 pieces.append((ids[begin:end], scored))
     total_nll, total_tokens = 0.0, 0
@@ -128,16 +145,16 @@ def perplexity_stats(model, tokenizer, texts: Sequence[str], *, stride: int | No
     batch_size = max(1, min(batch_size, LOGITS_BUDGET // per_window))
     start = 0
     while start < len(pieces):
-        chunk = pieces[start:start + batch_size]
+        chunk = pieces[start : start + batch_size]
         start += len(chunk)
         width = max(len(p[0]) for p in chunk)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         mask = torch.zeros_like(ids)
         score = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for b, (window, scored) in enumerate(chunk):   # right padding: positions stay 0..len-1
-            ids[b, :len(window)] = torch.tensor(window)
-            mask[b, :len(window)] = 1
-            score[b, len(window) - scored:len(window)] = True
+        for b, (window, scored) in enumerate(chunk):  # right padding: positions stay 0..len-1
+            ids[b, : len(window)] = torch.tensor(window)
+            mask[b, : len(window)] = 1
+            score[b, len(window) - scored : len(window)] = True
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         keep = score[:, 1:].to(logits.device)
         targets = ids[:, 1:].to(logits.device)
@@ -150,8 +167,9 @@ def perplexity_stats(model, tokenizer, texts: Sequence[str], *, stride: int | No
     return Perplexity(math.exp(mean), mean, total_tokens, len(texts), max_length, stride)
 
 
-def perplexity(model, tokenizer, texts: Sequence[str], *, stride: int | None = None,
-               max_length: int | None = None) -> float:
+def perplexity(
+    model, tokenizer, texts: Sequence[str], *, stride: int | None = None, max_length: int | None = None
+) -> float:
     """exp(token-weighted mean NLL) on `texts` (see `perplexity_stats`)."""
     return perplexity_stats(model, tokenizer, texts, stride=stride, max_length=max_length).value
 
@@ -180,8 +198,7 @@ def answer_matches(answer: str, reference: str, mode: str = "contains") -> bool:
     raise DdalignError(f"accuracy match: expected 'exact' or 'contains', got {mode!r}")
 
 
-def benign_accuracy(answers: Sequence[str], references: Sequence[str | None], *,
-                    mode: str = "contains") -> Rate:
+def benign_accuracy(answers: Sequence[str], references: Sequence[str | None], *, mode: str = "contains") -> Rate:
     """Share of answers matching their reference; items without a reference are skipped."""
     if len(answers) != len(references):
         raise DdalignError(f"benign accuracy: {len(answers)} answers but {len(references)} references")

@@ -1,7 +1,7 @@
 """The oracle: does this candidate set of components, transplanted into the target, defend?
 
 `Oracle(candidate) -> Verdict` is what delta debugging calls hundreds of times, so everything
-here is about cost (DESIGN.md, principle 2):
+here is about cost (each call is a full evaluation of the target model):
 
 - the target is loaded once; a candidate is applied in place by `InPlacePatcher`, which swaps
   only the tensors that differ from the previous candidate; `restore()` puts the model back
@@ -19,6 +19,7 @@ target). Under several processes (`distributed.Dist`) each process evaluates its
 share and the counts are summed after every batch round, so all processes stop at the same
 round with the same verdict.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,13 +34,13 @@ from pydantic import ValidationError, field_validator
 from ddalign.errors import DdalignError
 from ddalign.evaluate.distributed import Dist
 from ddalign.evaluate.early_stop import EPS, CountTest, need_at_least
+from ddalign.evaluate.generate import GenerationConfig, Generator
 from ddalign.evaluate.guards import count_metrics, finite
 from ddalign.evaluate.guards import registered as registered_guards
-from ddalign.evaluate.generate import GenerationConfig, Generator
 from ddalign.evaluate.metrics import Rate, answer_matches, perplexity_stats, wilson
+from ddalign.search import Verdict
 from ddalign.settings import Generation, Judge, error_line
 from ddalign.settings import Oracle as OracleSection
-from ddalign.search import Verdict
 
 
 class OracleConfig(OracleSection):
@@ -58,12 +59,12 @@ class OracleConfig(OracleSection):
     fill_guard_defaults: ClassVar[bool] = False
     batch_size: int = Generation.model_fields["batch_size"].default
     max_new_tokens: int = Generation.model_fields["max_new_tokens"].default
-    template: Optional[str] = None                # as GenerationConfig.template
-    max_prompt_tokens: Optional[int] = None       # as GenerationConfig.max_prompt_tokens
+    template: Optional[str] = None  # as GenerationConfig.template
+    max_prompt_tokens: Optional[int] = None  # as GenerationConfig.max_prompt_tokens
     accuracy_match: Literal["contains", "exact"] = Judge.model_fields["accuracy_match"].default
     ppl_max_length: Optional[int] = None
 
-    def __init__(self, **data: Any) -> None:      # a plain object for callers: errors are DdalignErrors
+    def __init__(self, **data: Any) -> None:  # a plain object for callers: errors are DdalignErrors
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -82,8 +83,12 @@ class OracleConfig(OracleSection):
         return [g.name for g in registered_guards() if g.bound_of(self) is not None]
 
     def generation(self) -> GenerationConfig:
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                template=self.template, max_prompt_tokens=self.max_prompt_tokens)
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            template=self.template,
+            max_prompt_tokens=self.max_prompt_tokens,
+        )
 
     def to_dict(self) -> dict:
         return self.model_dump()
@@ -99,8 +104,9 @@ class OracleConfig(OracleSection):
         known = set(cls.model_fields) | {g.key for g in registered_guards()}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise DdalignError(f"oracle config: unknown field(s) {', '.join(unknown)}; "
-                               f"expected some of {', '.join(sorted(known))}")
+            raise DdalignError(
+                f"oracle config: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
 
@@ -115,33 +121,52 @@ class OracleRecord:
     cached: bool
 
     def to_dict(self) -> dict:
-        return {"candidate": sorted(self.candidate), "verdict": str(self.verdict.value),
-                "metrics": self.metrics, "cost": self.cost, "cached": self.cached}
+        return {
+            "candidate": sorted(self.candidate),
+            "verdict": str(self.verdict.value),
+            "metrics": self.metrics,
+            "cost": self.cost,
+            "cached": self.cached,
+        }
 
 
 @dataclass
 class Calibration:
     """The two full evaluations every verdict is measured against, and the counts they fix."""
 
-    empty: dict                      # measure() of the target as it is (the guards' baseline)
-    full: dict                       # measure() of the whole bundle
-    target_dsr: float                # the absolute DSR target in force
-    need: int                        # refusals needed out of n harmful prompts
+    empty: dict  # measure() of the target as it is (the guards' baseline)
+    full: dict  # measure() of the whole bundle
+    target_dsr: float  # the absolute DSR target in force
+    need: int  # refusals needed out of n harmful prompts
     n: int
     cost: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"target_dsr": self.target_dsr, "need": self.need, "n": self.n,
-                "empty": self.empty, "full": self.full, "cost": self.cost}
+        return {
+            "target_dsr": self.target_dsr,
+            "need": self.need,
+            "n": self.n,
+            "empty": self.empty,
+            "full": self.full,
+            "cost": self.cost,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Calibration":
         """A calibration saved by `to_dict` (e.g. in a journal header), to resume without re-measuring."""
         try:
-            return cls(empty=dict(data["empty"]), full=dict(data["full"]), target_dsr=float(data["target_dsr"]),
-                       need=int(data["need"]), n=int(data["n"]), cost=dict(data.get("cost") or {}))
+            return cls(
+                empty=dict(data["empty"]),
+                full=dict(data["full"]),
+                target_dsr=float(data["target_dsr"]),
+                need=int(data["need"]),
+                n=int(data["n"]),
+                cost=dict(data.get("cost") or {}),
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise DdalignError(f"oracle calibration: expected the fields empty, full, target_dsr, need, n ({exc})") from None
+            raise DdalignError(
+                f"oracle calibration: expected the fields empty, full, target_dsr, need, n ({exc})"
+            ) from None
 
 
 Record = Callable[[OracleRecord], None]
@@ -166,11 +191,24 @@ class Oracle:
     config (pass one to share it, or a stand-in in tests).
     """
 
-    def __init__(self, model, tokenizer, patch, harmful: Sequence, *, safe: Sequence | None = None,
-                 benign: Sequence | None = None, judge=None, config: OracleConfig | None = None,
-                 dist: Dist | None = None, on_record: Record | None = None, patcher=None,
-                 full: Iterable[str] | None = None, generator: Generator | None = None,
-                 calibration: Calibration | dict | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        patch,
+        harmful: Sequence,
+        *,
+        safe: Sequence | None = None,
+        benign: Sequence | None = None,
+        judge=None,
+        config: OracleConfig | None = None,
+        dist: Dist | None = None,
+        on_record: Record | None = None,
+        patcher=None,
+        full: Iterable[str] | None = None,
+        generator: Generator | None = None,
+        calibration: Calibration | dict | None = None,
+    ):
         from ddalign.evaluate.judges import KeywordJudge
 
         self.config = config or OracleConfig()
@@ -202,11 +240,13 @@ class Oracle:
         self.calls = 0
         self.cache_hits = 0
         self.total_cost = {"prompts": 0, "tokens": 0, "seconds": 0.0}
-        if calibration is not None:               # resume: the saved measurements, today's targets
+        if calibration is not None:  # resume: the saved measurements, today's targets
             saved = calibration if isinstance(calibration, Calibration) else Calibration.from_dict(calibration)
             if saved.n != len(self.harmful):
-                raise DdalignError(f"oracle calibration: measured on {saved.n} harmful prompts, "
-                                   f"expected {len(self.harmful)} (the same prompt set)")
+                raise DdalignError(
+                    f"oracle calibration: measured on {saved.n} harmful prompts, "
+                    f"expected {len(self.harmful)} (the same prompt set)"
+                )
             self._settle(saved.empty, saved.full, saved.cost)
 
     # --- the public calls --------------------------------------------------------------------
@@ -224,14 +264,24 @@ class Oracle:
         if key in self.cache:
             self.cache_hits += 1
             verdict, metrics = self.cache[key]
-            record = OracleRecord(key, verdict, copy.deepcopy(metrics), {"prompts": 0, "tokens": 0, "seconds": 0.0,
-                                                          "tensors_swapped": 0}, cached=True)
+            record = OracleRecord(
+                key,
+                verdict,
+                copy.deepcopy(metrics),
+                {"prompts": 0, "tokens": 0, "seconds": 0.0, "tensors_swapped": 0},
+                cached=True,
+            )
         else:
             self.calibrate()
-            if key in self.cache:       # calibration just measured it
+            if key in self.cache:  # calibration just measured it
                 verdict, metrics = self.cache[key]
-                record = OracleRecord(key, verdict, copy.deepcopy(metrics), {"prompts": 0, "tokens": 0, "seconds": 0.0,
-                                                              "tensors_swapped": 0}, cached=True)
+                record = OracleRecord(
+                    key,
+                    verdict,
+                    copy.deepcopy(metrics),
+                    {"prompts": 0, "tokens": 0, "seconds": 0.0, "tensors_swapped": 0},
+                    cached=True,
+                )
                 self.cache_hits += 1
             else:
                 record = self._run_test(key)
@@ -266,9 +316,11 @@ class Oracle:
         started = time.perf_counter()
         empty = self._measure(frozenset())
         full = self._measure(self.full)
-        cost = {"prompts": empty["cost"]["prompts"] + full["cost"]["prompts"],
-                "tokens": empty["cost"]["tokens"] + full["cost"]["tokens"],
-                "seconds": round(time.perf_counter() - started, 4)}
+        cost = {
+            "prompts": empty["cost"]["prompts"] + full["cost"]["prompts"],
+            "tokens": empty["cost"]["tokens"] + full["cost"]["tokens"],
+            "seconds": round(time.perf_counter() - started, 4),
+        }
         self._add_cost(cost)
         return self._settle(empty, full, cost)
 
@@ -305,13 +357,16 @@ class Oracle:
 
     def describe(self) -> dict:
         """Settings for journals and reports."""
-        return {"config": self.config.to_dict(), "judge": self.judge.describe(),
-                "generation": self.generator.describe(), "distributed": self.dist.describe(),
-                "sets": {"harmful": len(self.harmful), "safe": len(self.safe or []),
-                         "benign": len(self.benign or [])},
-                "calibration": None if self.calibration is None else {
-                    "target_dsr": self.calibration.target_dsr, "need": self.calibration.need,
-                    "n": self.calibration.n}}
+        return {
+            "config": self.config.to_dict(),
+            "judge": self.judge.describe(),
+            "generation": self.generator.describe(),
+            "distributed": self.dist.describe(),
+            "sets": {"harmful": len(self.harmful), "safe": len(self.safe or []), "benign": len(self.benign or [])},
+            "calibration": None
+            if self.calibration is None
+            else {"target_dsr": self.calibration.target_dsr, "need": self.calibration.need, "n": self.calibration.n},
+        }
 
     # --- one test ----------------------------------------------------------------------------
     def _key(self, candidate: Iterable[str]) -> frozenset:
@@ -338,7 +393,7 @@ class Oracle:
         metrics["dsr"] = count_metrics(dsr)
         failed = None if dsr.verdict else "dsr"
         if failed is None:
-            for guard in self.guards:           # cheapest first; the first failure decides
+            for guard in self.guards:  # cheapest first; the first failure decides
                 ok, info, spent = guard.test(self, cal)
                 metrics[guard.name] = info
                 cost["prompts"] += spent["prompts"]
@@ -356,8 +411,9 @@ class Oracle:
         return [p for p in self.benign or [] if _reference(p)]
 
     # --- counting, sharded over processes ----------------------------------------------------
-    def count(self, prompts: Sequence, test: CountTest, *, success: str, early_stop: bool,
-               answers: list | None = None) -> int:
+    def count(
+        self, prompts: Sequence, test: CountTest, *, success: str, early_stop: bool, answers: list | None = None
+    ) -> int:
         """Generate for this process's share of `prompts` batch by batch; after every round sum
         (successes, seen, tokens) over processes and feed `test`; stop when it is decided (if
         `early_stop`). Returns the generated tokens (all processes). Success is "refusal",
@@ -376,8 +432,10 @@ class Oracle:
                     outs = [g.text for g in gens]
                     asked = [texts[i] for i in indices]
                     if success == "correct":
-                        flags = [answer_matches(o, _reference(prompts[local[i]]), self.config.accuracy_match)
-                                 for o, i in zip(outs, indices)]
+                        flags = [
+                            answer_matches(o, _reference(prompts[local[i]]), self.config.accuracy_match)
+                            for o, i in zip(outs, indices)
+                        ]
                     else:
                         refused = self.judge.judge(outs, asked)
                         flags = [bool(r) if success == "refusal" else not r for r in refused]
@@ -401,16 +459,21 @@ class Oracle:
         nll_sum, tokens = 0.0, 0
         if mine:
             try:
-                stats = perplexity_stats(self.model, self.tokenizer, mine, max_length=self.config.ppl_max_length,
-                                         add_special_tokens=not self.generator.uses_chat_template)
+                stats = perplexity_stats(
+                    self.model,
+                    self.tokenizer,
+                    mine,
+                    max_length=self.config.ppl_max_length,
+                    add_special_tokens=not self.generator.uses_chat_template,
+                )
                 nll_sum, tokens = stats.nll * stats.tokens, stats.tokens
-            except OverflowError:       # exp(mean NLL) beyond float range: a broken candidate
+            except OverflowError:  # exp(mean NLL) beyond float range: a broken candidate
                 nll_sum, tokens = math.inf, 1
         nll_sum, tokens = self.dist.all_sum([float(nll_sum), int(tokens)])
         if tokens == 0:
             raise DdalignError("oracle perplexity: the benign texts hold no token to predict")
         mean = nll_sum / tokens
-        value = math.exp(mean) if mean < 700 else math.inf      # nan stays nan: fails every bound
+        value = math.exp(mean) if mean < 700 else math.inf  # nan stays nan: fails every bound
         return value, len(texts), tokens
 
     def _measure_applied(self) -> tuple[dict, dict]:
@@ -418,7 +481,7 @@ class Oracle:
         cost = {"prompts": 0, "tokens": 0}
         result: dict[str, Any] = {"dsr": None, "over_refusal": None, "perplexity": None, "benign_accuracy": None}
         n = len(self.harmful)
-        test = CountTest(n, n + 1)                      # never decided early: counts everything
+        test = CountTest(n, n + 1)  # never decided early: counts everything
         cost["tokens"] += self.count(self.harmful, test, success="refusal", early_stop=False)
         cost["prompts"] += test.seen
         result["dsr"] = Rate.of(test.successes, n).as_dict()
@@ -469,8 +532,9 @@ def dsr_target(config: OracleConfig, k_full: int, n: int) -> tuple[float, int]:
     return target, need
 
 
-def apply_rule(config: OracleConfig, before: dict, full: dict, candidate: dict,
-               need: int | None = None) -> tuple[bool, dict]:
+def apply_rule(
+    config: OracleConfig, before: dict, full: dict, candidate: dict, need: int | None = None
+) -> tuple[bool, dict]:
     """The oracle's pass rule on measured metrics: (passed, each criterion's numbers).
 
     `before`, `full` and `candidate` are metric dicts as `Oracle.measure` or the evaluator
@@ -480,8 +544,9 @@ def apply_rule(config: OracleConfig, before: dict, full: dict, candidate: dict,
     """
     if need is None:
         need = dsr_target(config, full["dsr"]["k"], full["dsr"]["n"])[1]
-    guards: dict[str, dict] = {"dsr": {"k": candidate["dsr"]["k"], "need": need,
-                                       "passed": candidate["dsr"]["k"] >= need}}
+    guards: dict[str, dict] = {
+        "dsr": {"k": candidate["dsr"]["k"], "need": need, "passed": candidate["dsr"]["k"] >= need}
+    }
     for guard in registered_guards():
         if guard.bound_of(config) is not None:
             guards[guard.name] = guard.criterion(config, before, full, candidate)

@@ -6,6 +6,7 @@ Used by `ddalign evaluate`, the minimise reports and the demo. The model is load
 harmful and safe prompts stop early per row once the judge has decided (a refusal marker has
 been generated), which changes no verdict.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,16 +18,22 @@ from typing import Callable, Sequence
 
 from ddalign import __version__
 from ddalign.errors import DdalignError
-from ddalign.io.atomic import write_json_atomic
 from ddalign.evaluate.generate import GenerationConfig, Generator, load_model
 from ddalign.evaluate.judges import KeywordJudge
-from ddalign.evaluate.metrics import (Perplexity, Rate, benign_accuracy, defense_success_rate,
-                                      over_refusal_rate, perplexity_stats)
+from ddalign.evaluate.metrics import (
+    Perplexity,
+    Rate,
+    benign_accuracy,
+    defense_success_rate,
+    over_refusal_rate,
+    perplexity_stats,
+)
+from ddalign.io.atomic import write_json_atomic
 
 BUILTIN_SETS = {"harmful": "harmful-heldout", "safe": "safe-heldout", "benign": "benign-heldout"}
 """The built-in set used for each role when the user names no file (held-out splits)."""
 
-Progress = Callable[[str, int, int], None]      # (stage, done, total)
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 UNSAFE_LABELS = {"unsafe", "harmful"}
 """Prompt labels that mark a prompt as not belonging in the over-refusal (safe) set."""
@@ -57,14 +64,26 @@ class EvaluationRecord:
         ppl = None
         if self.perplexity is not None:
             ppl = {**self.perplexity.as_dict(), "ci95": None}
-        return {"dsr": rate(self.dsr), "over_refusal": rate(self.over_refusal),
-                "perplexity": ppl, "benign_accuracy": rate(self.benign_accuracy)}
+        return {
+            "dsr": rate(self.dsr),
+            "over_refusal": rate(self.over_refusal),
+            "perplexity": ppl,
+            "benign_accuracy": rate(self.benign_accuracy),
+        }
 
     def to_dict(self) -> dict:
-        record = {"format": "ddalign.evaluation/1", "tool_version": __version__, "created": self.created,
-                  "model": self.model, "patch": self.patch, "judge": self.judge,
-                  "generation": self.generation, "data": self.data, "metrics": self.metrics,
-                  "cost": self.cost}
+        record = {
+            "format": "ddalign.evaluation/1",
+            "tool_version": __version__,
+            "created": self.created,
+            "model": self.model,
+            "patch": self.patch,
+            "judge": self.judge,
+            "generation": self.generation,
+            "data": self.data,
+            "metrics": self.metrics,
+            "cost": self.cost,
+        }
         if self.samples is not None:
             record["samples"] = self.samples
         return record
@@ -85,11 +104,11 @@ def resolve_prompts(role: str, spec, *, column: str | None = None, limit: int | 
 
         name = BUILTIN_SETS[role] if spec is None else spec.removeprefix("builtin:")
         prompts, source = list(builtin(name)), f"builtin:{name}"
-    elif isinstance(spec, str) and spec.startswith("hf://"):      # hf://datasets/ORG/NAME[@REV][/FILE]
+    elif isinstance(spec, str) and spec.startswith("hf://"):  # hf://datasets/ORG/NAME[@REV][/FILE]
         from ddalign.evaluate.datasets import load_prompts
         from ddalign.io.hub import download_prompt_file
 
-        path, source = download_prompt_file(spec)                     # source: pinned to the commit
+        path, source = download_prompt_file(spec)  # source: pinned to the commit
         prompts = list(load_prompts(path, column=column))
     elif isinstance(spec, (str, os.PathLike)):
         from ddalign.evaluate.datasets import load_prompts
@@ -101,7 +120,7 @@ def resolve_prompts(role: str, spec, *, column: str | None = None, limit: int | 
     else:
         prompts, source = list(spec), "given"
     dropped = 0
-    if role == "safe":             # e.g. the whole XSTest file: its unsafe contrast prompts are not "safe"
+    if role == "safe":  # e.g. the whole XSTest file: its unsafe contrast prompts are not "safe"
         kept = [p for p in prompts if str(getattr(p, "label", "") or "").lower() not in UNSAFE_LABELS]
         dropped, prompts = len(prompts) - len(kept), kept
         if dropped:
@@ -131,13 +150,29 @@ def _reference(p) -> str | None:
     return None if isinstance(p, str) else getattr(p, "reference", None)
 
 
-def evaluate_model(model, *, tokenizer=None, patch=None, harmful=None, safe=None, benign=None,
-                   column: str | None = None, judge=None, config: GenerationConfig | None = None,
-                   limit: int | None = None, early_stop: bool = True, accuracy_match: str = "contains",
-                   ppl_max_length: int | None = None, ppl_stride: int | None = None,
-                   keep_answers: bool = False, device: str | None = None, dtype: str | None = None,
-                   allow_pickle: bool = False, trust_remote_code: bool = False,
-                   progress: Progress | None = None) -> EvaluationRecord:
+def evaluate_model(
+    model,
+    *,
+    tokenizer=None,
+    patch=None,
+    harmful=None,
+    safe=None,
+    benign=None,
+    column: str | None = None,
+    judge=None,
+    config: GenerationConfig | None = None,
+    limit: int | None = None,
+    early_stop: bool = True,
+    accuracy_match: str = "contains",
+    ppl_max_length: int | None = None,
+    ppl_stride: int | None = None,
+    keep_answers: bool = False,
+    device: str | None = None,
+    dtype: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    progress: Progress | None = None,
+) -> EvaluationRecord:
     """Evaluate `model` (a folder, or a loaded model with its `tokenizer`) on the three sets.
 
     Each set is a path, 'builtin:NAME', a list of `Prompt`s (or strings), None for the built-in
@@ -147,17 +182,24 @@ def evaluate_model(model, *, tokenizer=None, patch=None, harmful=None, safe=None
     started = time.perf_counter()
     config = config or GenerationConfig()
     judge = judge or KeywordJudge()
-    sets = {"harmful": resolve_prompts("harmful", harmful, column=column, limit=limit),
-            "safe": resolve_prompts("safe", safe, column=column, limit=limit),
-            "benign": resolve_prompts("benign", benign, column=column, limit=limit)}
+    sets = {
+        "harmful": resolve_prompts("harmful", harmful, column=column, limit=limit),
+        "safe": resolve_prompts("safe", safe, column=column, limit=limit),
+        "benign": resolve_prompts("benign", benign, column=column, limit=limit),
+    }
     if all(v is None for v in sets.values()):
         raise DdalignError("every prompt set is 'none' (--harmful, --safe, --benign): nothing to evaluate")
     load_seconds = 0.0
     if isinstance(model, (str, os.PathLike)):
         name = str(model)
         t0 = time.perf_counter()
-        model, tokenizer = load_model(model, device=device or config.device, dtype=dtype or config.dtype,
-                                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        model, tokenizer = load_model(
+            model,
+            device=device or config.device,
+            dtype=dtype or config.dtype,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+        )
         load_seconds = time.perf_counter() - t0
     else:
         if tokenizer is None:
@@ -174,23 +216,60 @@ def evaluate_model(model, *, tokenizer=None, patch=None, harmful=None, safe=None
         else:
             patch_name = str(getattr(patch, "path", None) or "in-memory")
         with patched(model, patch):
-            record = _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match,
-                          ppl_max_length, ppl_stride, keep_answers, progress)
+            record = _run(
+                model,
+                tokenizer,
+                sets,
+                judge,
+                config,
+                early_stop,
+                accuracy_match,
+                ppl_max_length,
+                ppl_stride,
+                keep_answers,
+                progress,
+            )
     else:
-        record = _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match,
-                      ppl_max_length, ppl_stride, keep_answers, progress)
+        record = _run(
+            model,
+            tokenizer,
+            sets,
+            judge,
+            config,
+            early_stop,
+            accuracy_match,
+            ppl_max_length,
+            ppl_stride,
+            keep_answers,
+            progress,
+        )
     record.model, record.patch = name, patch_name
     record.cost["load_seconds"] = round(load_seconds, 4)
     record.cost["seconds"] = round(time.perf_counter() - started, 4)
     return record
 
 
-def _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match, ppl_max_length,
-         ppl_stride, keep_answers, progress) -> EvaluationRecord:
+def _run(
+    model,
+    tokenizer,
+    sets,
+    judge,
+    config,
+    early_stop,
+    accuracy_match,
+    ppl_max_length,
+    ppl_stride,
+    keep_answers,
+    progress,
+) -> EvaluationRecord:
     generator = Generator(model, tokenizer, config)
     stop = judge.decided if early_stop and isinstance(judge, KeywordJudge) else None
-    record = EvaluationRecord(model="", patch=None, judge=judge.describe(),
-                              generation={**generator.describe(), "early_stop": stop is not None})
+    record = EvaluationRecord(
+        model="",
+        patch=None,
+        judge=judge.describe(),
+        generation={**generator.describe(), "early_stop": stop is not None},
+    )
     samples: dict[str, list] = {}
     stages: dict[str, dict] = {}
 
@@ -208,9 +287,12 @@ def _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match, ppl_
         if progress is not None:
             progress(role, 0, len(texts))
         gens = generator.generate_detailed(texts, stop_when=stop_when, progress=tick)
-        stages[role] = {"prompts": len(texts), "generated_tokens": generator.stats.new_tokens - before[0],
-                        "seconds": round(generator.stats.seconds - before[1], 4),
-                        "truncated_prompts": generator.stats.truncated_prompts - before[2]}
+        stages[role] = {
+            "prompts": len(texts),
+            "generated_tokens": generator.stats.new_tokens - before[0],
+            "seconds": round(generator.stats.seconds - before[1], 4),
+            "truncated_prompts": generator.stats.truncated_prompts - before[2],
+        }
         return [g.text for g in gens]
 
     for role in ("harmful", "safe"):
@@ -228,32 +310,44 @@ def _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match, ppl_
             record.over_refusal = rate
         record.data[role] = {"source": source, "n": len(prompts)}
         if keep_answers:
-            samples[role] = [{"id": getattr(p, "id", None), "prompt": _text(p), "answer": a, "refused": r}
-                             for p, a, r in zip(prompts, answers, refused)]
+            samples[role] = [
+                {"id": getattr(p, "id", None), "prompt": _text(p), "answer": a, "refused": r}
+                for p, a, r in zip(prompts, answers, refused)
+            ]
     if sets["benign"] is not None:
         prompts, source = sets["benign"]
         answers = answer("benign", prompts, None)
         references = [_reference(p) for p in prompts]
-        record.data["benign"] = {"source": source, "n": len(prompts),
-                                 "with_reference": sum(1 for r in references if r)}
+        record.data["benign"] = {"source": source, "n": len(prompts), "with_reference": sum(1 for r in references if r)}
         if any(references):
             record.benign_accuracy = benign_accuracy(answers, references, mode=accuracy_match)
         texts = [generator.render(_text(p)) + (_reference(p) or "") for p in prompts]
         if progress is not None:
             progress("perplexity", 0, 1)
         t0 = time.perf_counter()
-        record.perplexity = perplexity_stats(model, tokenizer, texts, max_length=ppl_max_length,
-                                             stride=ppl_stride, add_special_tokens=not generator.uses_chat_template)
-        stages["perplexity"] = {"texts": len(texts), "tokens": record.perplexity.tokens,
-                                "seconds": round(time.perf_counter() - t0, 4)}
+        record.perplexity = perplexity_stats(
+            model,
+            tokenizer,
+            texts,
+            max_length=ppl_max_length,
+            stride=ppl_stride,
+            add_special_tokens=not generator.uses_chat_template,
+        )
+        stages["perplexity"] = {
+            "texts": len(texts),
+            "tokens": record.perplexity.tokens,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
         if progress is not None:
             progress("perplexity", 1, 1)
         if keep_answers:
-            samples["benign"] = [{"id": getattr(p, "id", None), "prompt": _text(p), "answer": a,
-                                  "reference": _reference(p)} for p, a in zip(prompts, answers)]
+            samples["benign"] = [
+                {"id": getattr(p, "id", None), "prompt": _text(p), "answer": a, "reference": _reference(p)}
+                for p, a in zip(prompts, answers)
+            ]
     record.generation["accuracy_match"] = accuracy_match
     record.generation["truncated_prompts"] = generator.stats.truncated_prompts
-    for role, stage in stages.items():         # per set, where any prompt was cut
+    for role, stage in stages.items():  # per set, where any prompt was cut
         if stage.get("truncated_prompts") and role in record.data:
             record.data[role]["truncated_prompts"] = stage["truncated_prompts"]
     cost = generator.stats.as_dict()
@@ -265,12 +359,19 @@ def _run(model, tokenizer, sets, judge, config, early_stop, accuracy_match, ppl_
 
 # --- the CLI's table ------------------------------------------------------------------------
 
+
 def metrics_table(record: EvaluationRecord):
     """A rich table: every metric with its count and 95% interval."""
     from rich.table import Table
 
     table = Table(title=f"ddalign evaluate: {record.model}" + (f" + {record.patch}" if record.patch else ""))
-    for col, justify in (("metric", "left"), ("value", "right"), ("95% CI", "right"), ("n", "right"), ("better", "center")):
+    for col, justify in (
+        ("metric", "left"),
+        ("value", "right"),
+        ("95% CI", "right"),
+        ("n", "right"),
+        ("better", "center"),
+    ):
         table.add_column(col, justify=justify)
 
     def rate_row(label: str, rate: Rate | None, better: str) -> None:
@@ -279,8 +380,9 @@ def metrics_table(record: EvaluationRecord):
         elif rate.n == 0:
             table.add_row(label, "n/a", "", "0", better)
         else:
-            table.add_row(label, f"{rate.value:.3f}", f"[{rate.ci95[0]:.3f}, {rate.ci95[1]:.3f}]",
-                          f"{rate.k}/{rate.n}", better)
+            table.add_row(
+                label, f"{rate.value:.3f}", f"[{rate.ci95[0]:.3f}, {rate.ci95[1]:.3f}]", f"{rate.k}/{rate.n}", better
+            )
 
     rate_row("defense success rate", record.dsr, "↑")
     rate_row("over-refusal (safe prompts)", record.over_refusal, "↓")
@@ -292,7 +394,9 @@ def metrics_table(record: EvaluationRecord):
     rate_row("benign accuracy", record.benign_accuracy, "↑")
     cost = record.cost
     cut = record.generation.get("truncated_prompts")
-    table.caption = (f"{cost.get('prompts', 0)} prompts, {cost.get('generated_tokens', 0)} generated tokens, "
-                     f"{cost.get('seconds', 0):.1f} s; judge: {record.judge.get('kind')}"
-                     + (f"; {cut} prompt(s) cut to {record.generation.get('max_prompt_tokens')} tokens" if cut else ""))
+    table.caption = (
+        f"{cost.get('prompts', 0)} prompts, {cost.get('generated_tokens', 0)} generated tokens, "
+        f"{cost.get('seconds', 0):.1f} s; judge: {record.judge.get('kind')}"
+        + (f"; {cut} prompt(s) cut to {record.generation.get('max_prompt_tokens')} tokens" if cut else "")
+    )
     return table

@@ -1,4 +1,5 @@
 """Atomic writes: a temporary file beside the target, fsync, rename; nothing half-written is ever seen."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def write_json_atomic(path, data: Any) -> Path:
             fh.flush()
             from ddalign.io.outputs import umask
 
-            os.fchmod(fh.fileno(), 0o666 & ~umask())     # mkstemp made it 0600
+            os.fchmod(fh.fileno(), 0o666 & ~umask())  # mkstemp made it 0600
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:

@@ -5,6 +5,7 @@ slice of one, at a time, so that peak memory is bounded by the largest tensor, n
 Writes go through a header-first safetensors writer fed tensor by tensor, into a temporary
 file or folder that is renamed into place only when complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,12 +29,19 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
-CHUNK = 16 << 20          # bytes per read: large enough for full speed, small against any tensor
+CHUNK = 16 << 20  # bytes per read: large enough for full speed, small against any tensor
 _PREADV = hasattr(os, "preadv")
 
 _DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
     torch.bool: "BOOL",
 }
 for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")):
@@ -63,7 +71,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     file: str
-    begin: int = 0        # absolute byte offsets of the stored data in `file` (safetensors)
+    begin: int = 0  # absolute byte offsets of the stored data in `file` (safetensors)
     end: int = 0
 
     @property
@@ -118,8 +126,8 @@ class Checkpoint:
         self.config = config
         self._pickled = pickled
         self._files: dict[str, object] = {}
-        self.metadata: dict[str, str] = {}      # a single file's safetensors metadata (open_file)
-        self.hub = None                         # the Hub snapshot (ddalign.io.hub.HubSnapshot), if any
+        self.metadata: dict[str, str] = {}  # a single file's safetensors metadata (open_file)
+        self.hub = None  # the Hub snapshot (ddalign.io.hub.HubSnapshot), if any
 
     # --- opening -------------------------------------------------------------------------------
     @classmethod
@@ -182,8 +190,10 @@ class Checkpoint:
         pickled = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickled:
             if not allow_pickle:
-                raise DdalignError(f"{pickled[0]}: pickle weights can run code when loaded; convert to safetensors "
-                                   f"or pass --allow-pickle (then read with torch.load(weights_only=True))")
+                raise DdalignError(
+                    f"{pickled[0]}: pickle weights can run code when loaded; convert to safetensors "
+                    f"or pass --allow-pickle (then read with torch.load(weights_only=True))"
+                )
             return pickled
         raise DdalignError(f"{folder}: no *.safetensors weights found")
 
@@ -194,7 +204,7 @@ class Checkpoint:
         for file in files:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as exc:   # torch raises many kinds for a bad pickle
+            except Exception as exc:  # torch raises many kinds for a bad pickle
                 raise DdalignError(f"{file}: cannot read as weights_only pickle ({str(exc).splitlines()[0]})") from None
             for name, tensor in state.items():
                 tensors[name] = tensor
@@ -231,10 +241,10 @@ class Checkpoint:
         """Fill `buffer` with the tensor's stored bytes from `offset` on (relative to its start)."""
         f, done = self._file(info.file), 0
         while done < len(buffer):
-            part = buffer[done:done + CHUNK]
+            part = buffer[done : done + CHUNK]
             if _PREADV:
                 n = os.preadv(f.fileno(), [part], info.begin + offset + done)
-            else:                                   # no preadv (Windows, older macOS): seek and read
+            else:  # no preadv (Windows, older macOS): seek and read
                 f.seek(info.begin + offset + done)
                 n = f.readinto(part)
             if not n:
@@ -246,7 +256,7 @@ class Checkpoint:
     def _read_tensor(self, info: TensorInfo, digest=None, into: torch.Tensor | None = None) -> torch.Tensor:
         if into is not None and into.numel() < info.nbytes:
             raise ValueError(f"buffer of {into.numel()} bytes for {info.name} ({info.nbytes} bytes)")
-        data = torch.empty(info.nbytes, dtype=torch.uint8) if into is None else into[:info.nbytes]
+        data = torch.empty(info.nbytes, dtype=torch.uint8) if into is None else into[: info.nbytes]
         if info.nbytes:
             self._read_into(info, memoryview(data.numpy()), 0, digest)
         return data.view(torch_dtype(info.dtype)).reshape(info.shape)
@@ -281,20 +291,20 @@ class Checkpoint:
         dtype = torch_dtype(info.dtype)
         shape = list(info.shape)
         outer = math.prod(shape[:dim])
-        inner = math.prod(shape[dim + 1:]) * dtype.itemsize       # bytes per index along dim
+        inner = math.prod(shape[dim + 1 :]) * dtype.itemsize  # bytes per index along dim
         out = torch.empty(outer, (stop - start) * inner, dtype=torch.uint8)
-        if dim == 0 or stop - start == shape[dim]:                  # contiguous bytes: read them
+        if dim == 0 or stop - start == shape[dim]:  # contiguous bytes: read them
             if out.numel():
                 self._read_into(info, memoryview(out.numpy()).cast("B"), start * inner)
-        elif out.numel():                                           # strided: a band of rows at a time
+        elif out.numel():  # strided: a band of rows at a time
             row = shape[dim] * inner
             band = max(1, CHUNK // max(row, 1))
             buffer = torch.empty(min(band, outer) * row, dtype=torch.uint8)
             for first in range(0, outer, band):
                 count = min(band, outer - first)
-                chunk = buffer[:count * row]
+                chunk = buffer[: count * row]
                 self._read_into(info, memoryview(chunk.numpy()), first * row)
-                out[first:first + count] = chunk.view(count, row)[:, start * inner:stop * inner]
+                out[first : first + count] = chunk.view(count, row)[:, start * inner : stop * inner]
         shape[dim] = stop - start
         return out.reshape(-1).view(dtype).reshape(shape)
 
@@ -325,7 +335,7 @@ class Checkpoint:
             return digest.hexdigest()
         buffer = memoryview(bytearray(min(CHUNK, info.nbytes)))
         for offset in range(0, info.nbytes, CHUNK):
-            part = buffer[:min(CHUNK, info.nbytes - offset)]
+            part = buffer[: min(CHUNK, info.nbytes - offset)]
             self._read_into(info, part, offset, digest)
         return digest.hexdigest()
 
@@ -376,12 +386,12 @@ def _copy_range(src: FileRange, out, sources: dict) -> None:
     while done < src.nbytes:
         try:
             n = os.copy_file_range(f.fileno(), out.fileno(), src.nbytes - done, src.offset + done)
-        except (AttributeError, OSError):      # no copy_file_range here (other OS, filesystems)
+        except (AttributeError, OSError):  # no copy_file_range here (other OS, filesystems)
             break
         if n == 0:
             break
         done += n
-    if done < src.nbytes:                      # copy through user space, a chunk at a time
+    if done < src.nbytes:  # copy through user space, a chunk at a time
         f.seek(src.offset + done)
         while done < src.nbytes:
             chunk = f.read(min(CHUNK, src.nbytes - done))
@@ -401,8 +411,17 @@ def parse_size(text: str | int) -> int:
     if not m:
         raise DdalignError(f"--max-shard-size {text!r}: expected a size such as 2GB, 500MB or 1GiB")
     number, unit = float(m.group(1)), m.group(2).upper().rstrip("B")
-    scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-             "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}[unit]
+    scale = {
+        "": 1,
+        "K": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+        "KI": 2**10,
+        "MI": 2**20,
+        "GI": 2**30,
+        "TI": 2**40,
+    }[unit]
     size = int(number * scale)
     if size <= 0:
         raise DdalignError(f"--max-shard-size {text!r}: expected a positive size")
@@ -410,6 +429,7 @@ def parse_size(text: str | int) -> int:
 
 
 # --- writing --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -436,8 +456,11 @@ def _header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None, 
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     for spec in specs:
-        header[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape),
-                             "data_offsets": [offset, offset + spec.nbytes]}
+        header[spec.name] = {
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
         offset += spec.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     total = len(raw) + reserve
@@ -445,10 +468,16 @@ def _header_bytes(specs: Sequence[TensorSpec], metadata: dict[str, str] | None, 
     return raw + b" " * (total - len(raw))
 
 
-def write_safetensors(path, specs: Sequence[TensorSpec], produce: Producer, *,
-                      metadata: dict[str, str] | None = None,
-                      final_metadata: Callable[[], dict[str, str]] | None = None, reserve: int = 0,
-                      sync: bool = True) -> Path:
+def write_safetensors(
+    path,
+    specs: Sequence[TensorSpec],
+    produce: Producer,
+    *,
+    metadata: dict[str, str] | None = None,
+    final_metadata: Callable[[], dict[str, str]] | None = None,
+    reserve: int = 0,
+    sync: bool = True,
+) -> Path:
     """Write one safetensors file tensor by tensor (header first), atomically.
 
     `final_metadata`, when given, replaces the metadata after every tensor is written (for
@@ -476,8 +505,10 @@ def write_safetensors(path, specs: Sequence[TensorSpec], produce: Producer, *,
                     continue
                 if isinstance(data, torch.Tensor):
                     if tuple(data.shape) != tuple(spec.shape) or dtype_code(data.dtype) != spec.dtype:
-                        raise DdalignError(f"{spec.name}: produced {list(data.shape)} {dtype_code(data.dtype)}, "
-                                           f"expected {list(spec.shape)} {spec.dtype}")
+                        raise DdalignError(
+                            f"{spec.name}: produced {list(data.shape)} {dtype_code(data.dtype)}, "
+                            f"expected {list(spec.shape)} {spec.dtype}"
+                        )
                     data = tensor_buffer(data)
                 if len(data) != spec.nbytes:
                     raise DdalignError(f"{spec.name}: {len(data)} bytes produced, expected {spec.nbytes}")
@@ -489,7 +520,7 @@ def write_safetensors(path, specs: Sequence[TensorSpec], produce: Producer, *,
                 f.seek(8)
                 f.write(new + b" " * (len(header) - len(new)))
             f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_umask())      # mkstemp made it 0600
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp made it 0600
             if sync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -557,9 +588,16 @@ def _is_weight_file(path: Path) -> bool:
     return path.suffix in WEIGHT_SUFFIXES or path.name.endswith(".index.json")
 
 
-def write_checkpoint(out_dir, specs: Sequence[TensorSpec], produce: Producer, *, copy_from=None,
-                     max_shard_size: int | str = "5GB", overwrite: bool = False,
-                     metadata: dict[str, str] | None = None) -> Path:
+def write_checkpoint(
+    out_dir,
+    specs: Sequence[TensorSpec],
+    produce: Producer,
+    *,
+    copy_from=None,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Write a Hugging Face folder: shards of at most `max_shard_size` plus their index, and every
     non-weight file of `copy_from` (config, tokenizer, generation config, chat template).
 
@@ -572,19 +610,24 @@ def write_checkpoint(out_dir, specs: Sequence[TensorSpec], produce: Producer, *,
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         shards = _plan_shards(specs, parse_size(max_shard_size))
-        names = ([SINGLE] if len(shards) == 1 else
-                 [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        names = (
+            [SINGLE]
+            if len(shards) == 1
+            else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+        )
         meta = {"format": "pt", **(metadata or {})}
         with ThreadPoolExecutor(1, thread_name_prefix="ddalign-fsync") as syncer:
             synced = []
             for name, shard in zip(names, shards):
                 write_safetensors(tmp / name, shard, produce, metadata=meta, sync=False)
-                synced.append(syncer.submit(_fsync_file, tmp / name))   # while the next shard is written
+                synced.append(syncer.submit(_fsync_file, tmp / name))  # while the next shard is written
             for job in synced:
                 job.result()
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
-                     "weight_map": {s.name: name for name, shard in zip(names, shards) for s in shard}}
+            index = {
+                "metadata": {"total_size": sum(s.nbytes for s in specs)},
+                "weight_map": {s.name: name for name, shard in zip(names, shards) for s in shard},
+            }
             (tmp / INDEX).write_text(json.dumps(index, indent=2))
         if copy_from is not None:
             source = Path(copy_from)
@@ -598,8 +641,8 @@ def write_checkpoint(out_dir, specs: Sequence[TensorSpec], produce: Producer, *,
         for item in tmp.iterdir():
             if item.name not in names:
                 _fsync_file(item)
-        _fsync_dir(tmp)                        # the shards' names, renamed in without a sync
-        apply_umask(tmp, folder=True)          # mkdtemp made it 0700
+        _fsync_dir(tmp)  # the shards' names, renamed in without a sync
+        apply_umask(tmp, folder=True)  # mkdtemp made it 0700
         if out.exists() or out.is_symlink():
             backup = out.with_name(f".{out.name}.old")
             _remove(backup)

@@ -6,6 +6,7 @@ to `save_pretrained` a model it loaded from GGUF. So the weights are loaded thro
 moved into a model rebuilt from the same config (without any quantization_config), and saved from
 there into a temporary folder beside the output, synced and renamed into place.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,7 +52,7 @@ def require_gguf() -> None:
         raise DdalignError(f"reading GGUF files needs the gguf package: {INSTALL_HINT}")
 
 
-_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}   # GGUF value types
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
 _STRING, _ARRAY = 8, 9
 
 
@@ -60,6 +61,7 @@ def gguf_architecture(path: Path) -> str:
     parses every field, the whole vocabulary included: half a minute for a 49k-token model)."""
     count_fmt = "Q"
     with open(path, "rb") as f:
+
         def unpack(fmt: str):
             raw = f.read(struct.calcsize(fmt))
             if len(raw) < struct.calcsize(fmt):
@@ -84,11 +86,11 @@ def gguf_architecture(path: Path) -> str:
         f.seek(len(MAGIC))
         order = "<"
         version = unpack("I")
-        if version > 0xFFFF:                       # a big-endian file
+        if version > 0xFFFF:  # a big-endian file
             order = ">"
             version = struct.unpack(">I", struct.pack("<I", version))[0]
         count_fmt = "I" if version == 1 else "Q"
-        unpack(count_fmt)                          # tensor count
+        unpack(count_fmt)  # tensor count
         for _ in range(unpack(count_fmt)):
             key = f.read(unpack(count_fmt)).decode("utf-8", errors="replace")
             kind = unpack("I")
@@ -111,8 +113,10 @@ def check_architecture(path: Path, architecture: str) -> None:
     if architecture not in supported and not any(architecture.startswith(s) for s in ("t5", "qwen2moe", "qwen3moe")):
         import transformers
 
-        raise DdalignError(f"{path}: GGUF architecture {architecture!r} cannot be read by transformers "
-                           f"{transformers.__version__} (supported: {', '.join(supported)})")
+        raise DdalignError(
+            f"{path}: GGUF architecture {architecture!r} cannot be read by transformers "
+            f"{transformers.__version__} (supported: {', '.join(supported)})"
+        )
 
 
 def convert_gguf(path, out, *, dtype: str = "float32", overwrite: bool = False) -> ConvertReport:
@@ -133,11 +137,11 @@ def convert_gguf(path, out, *, dtype: str = "float32", overwrite: bool = False) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)                # mkdtemp's 0700 would outlive the rename
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
     try:
         report = _convert_into(path, tmp, dtype, architecture)
         for item in tmp.iterdir():
-            os.chmod(item, 0o666 & ~umask)       # some writers create their files 0600
+            os.chmod(item, 0o666 & ~umask)  # some writers create their files 0600
             _fsync_file(item)
         _fsync_dir(tmp)
         _publish(tmp, out)
@@ -156,14 +160,15 @@ def _convert_into(path: Path, folder: Path, dtype: str, architecture: str) -> Co
     torch_dtype = getattr(torch, dtype)
     where, name = str(path.parent), path.name
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()            # transformers' GGUF reader logs every unparsed key
+    hf_logging.set_verbosity_error()  # transformers' GGUF reader logs every unparsed key
     try:
         try:
             loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch_dtype)
         except (ValueError, KeyError, OSError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DdalignError(f"{path}: transformers could not load this GGUF model "
-                               f"({architecture}): {reason}") from None
+            raise DdalignError(
+                f"{path}: transformers could not load this GGUF model ({architecture}): {reason}"
+            ) from None
         # A folder of dequantised weights: nothing of the GGUF quantisation belongs in its config.
         config = copy.deepcopy(loaded.config)
         for key in ("quantization_config", "_model_name_or_path"):
@@ -180,8 +185,10 @@ def _convert_into(path: Path, folder: Path, dtype: str, architecture: str) -> Co
         # a tied head is the embedding: transformers' GGUF load lists it, or not, either way
         missing = [k for k in result.missing_keys if not (tied and k.endswith("lm_head.weight"))]
         if missing or result.unexpected_keys:
-            raise DdalignError(f"{path}: the GGUF weights do not fill the {architecture} model "
-                               f"(missing: {missing[:3]}, unexpected: {result.unexpected_keys[:3]})")
+            raise DdalignError(
+                f"{path}: the GGUF weights do not fill the {architecture} model "
+                f"(missing: {missing[:3]}, unexpected: {result.unexpected_keys[:3]})"
+            )
         del state
         fresh.tie_weights()
         empty = [k for k, t in fresh.state_dict().items() if t.is_meta]
@@ -192,10 +199,15 @@ def _convert_into(path: Path, folder: Path, dtype: str, architecture: str) -> Co
         tokenizer.save_pretrained(folder)
     finally:
         hf_logging.set_verbosity(verbosity)
-    return ConvertReport(out=folder, architecture=architecture,
-                         layers=int(getattr(fresh.config, "num_hidden_layers", 0) or 0),
-                         parameters=sum(p.numel() for p in fresh.parameters()), dtype=dtype,
-                         tied_embeddings=tied, chat_template=bool(getattr(tokenizer, "chat_template", None)))
+    return ConvertReport(
+        out=folder,
+        architecture=architecture,
+        layers=int(getattr(fresh.config, "num_hidden_layers", 0) or 0),
+        parameters=sum(p.numel() for p in fresh.parameters()),
+        dtype=dtype,
+        tied_embeddings=tied,
+        chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
 
 
 def _publish(tmp: Path, out: Path) -> None:

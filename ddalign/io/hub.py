@@ -13,6 +13,7 @@ and chat-template files; pickle weights only with `allow_pickle`, code (`*.py`) 
 `trust_remote_code`; nothing in sub-folders. Each resolution records the commit it got, for the
 manifests (`provenance`).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -29,13 +30,22 @@ log = logging.getLogger("ddalign.hub")
 
 PREFIX = "hf://"
 DATASETS = "datasets/"
-METADATA_PATTERNS = ("config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
-                     "added_tokens.json", "vocab.*", "merges.txt", "*.model", "chat_template*")
+METADATA_PATTERNS = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.model",
+    "chat_template*",
+)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_PATTERNS = ("*.safetensors",)
 PICKLE_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 CODE_PATTERNS = ("*.py",)
-TOP_LEVEL_ONLY = ("*/*",)                     # fnmatch's * spans '/': this pattern is every sub-folder file
+TOP_LEVEL_ONLY = ("*/*",)  # fnmatch's * spans '/': this pattern is every sub-folder file
 PROMPT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".txt")
 # a name ending so is a file the user means, never a repository id
 _FILE_SUFFIXES = PROMPT_SUFFIXES + (".safetensors", ".bin", ".pt", ".pth", ".toml", ".gguf")
@@ -52,7 +62,7 @@ class HubId:
     revision: str | None = None
     repo_type: str = "model"
     filename: str | None = None
-    explicit: bool = False                   # written with hf://: never read as a local path
+    explicit: bool = False  # written with hf://: never read as a local path
 
     def __str__(self) -> str:
         rev = f"@{self.revision}" if self.revision else ""
@@ -73,8 +83,12 @@ class HubSnapshot:
 
     def provenance(self) -> dict:
         """What manifests and summaries record beside the fingerprints."""
-        return {"repo_id": self.repo_id, "revision": self.revision, "commit": self.commit,
-                **({"repo_type": self.repo_type} if self.repo_type != "model" else {})}
+        return {
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            **({"repo_type": self.repo_type} if self.repo_type != "model" else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,7 @@ class ModelLocation:
 
 # --- parsing ---------------------------------------------------------------------------------
 
+
 def _valid_repo(repo: str) -> bool:
     return len(repo) <= 96 and "--" not in repo and ".." not in repo
 
@@ -100,7 +115,7 @@ def parse_hub_id(text) -> HubId | None:
     if not isinstance(text, str):
         return None
     explicit = text.startswith(PREFIX)
-    body = text[len(PREFIX):] if explicit else text
+    body = text[len(PREFIX) :] if explicit else text
     if body.startswith(DATASETS):
         return None
     m = _MODEL_ID.fullmatch(body)
@@ -117,7 +132,7 @@ def parse_dataset_id(text) -> HubId | None:
     """`hf://datasets/ORG/NAME[@REVISION][/FILE]`, or None for anything else."""
     if not isinstance(text, str) or not text.startswith(PREFIX + DATASETS):
         return None
-    body = text[len(PREFIX + DATASETS):]
+    body = text[len(PREFIX + DATASETS) :]
     m = _DATASET_ID.fullmatch(body)
     if m is None or not _valid_repo(m["repo"]):
         raise DdalignError(f"{text}: expected hf://datasets/ORG/NAME[@REVISION][/FILE]")
@@ -133,6 +148,7 @@ def is_hub_id(text) -> bool:
 
 
 # --- the huggingface_hub calls ------------------------------------------------------------------
+
 
 def _offline() -> bool:
     from huggingface_hub import constants
@@ -154,22 +170,30 @@ def _error(hub_id: HubId, exc: Exception, what: str = "repository") -> DdalignEr
     where = f"{hub_id.repo_id}@{rev}" if hub_id.repo_type == "model" else str(hub_id)
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if "GatedRepoError" in names:
-        return DdalignError(f"{where}: a gated repository; accept its terms at https://huggingface.co/"
-                            f"{hub_id.repo_id} and set HF_TOKEN (or run `hf auth login`)")
+        return DdalignError(
+            f"{where}: a gated repository; accept its terms at https://huggingface.co/"
+            f"{hub_id.repo_id} and set HF_TOKEN (or run `hf auth login`)"
+        )
     if "RevisionNotFoundError" in names:
         return DdalignError(f"{where}: the Hub {what} has no revision {rev!r}")
     if "RepositoryNotFoundError" in names:
         return DdalignError(f"{where}: no such Hub {what} (or a private one: set HF_TOKEN)")
     if "IncompleteSnapshotError" in names:
-        return DdalignError(f"{where}: the cached snapshot in {_cache_dir()} is incomplete; download it again "
-                            f"with the Hub reachable (unset HF_HUB_OFFLINE)")
+        return DdalignError(
+            f"{where}: the cached snapshot in {_cache_dir()} is incomplete; download it again "
+            f"with the Hub reachable (unset HF_HUB_OFFLINE)"
+        )
     if "LocalEntryNotFoundError" in names or "OfflineModeIsEnabled" in names:
         if _offline():
-            return DdalignError(f"{where}: not a local path, and not in the Hub cache ({_cache_dir()}); "
-                                f"HF_HUB_OFFLINE=1 forbids downloading it: unset HF_HUB_OFFLINE (or set "
-                                f"HF_HUB_OFFLINE=0), or point HF_HOME / HF_HUB_CACHE at a cache that holds it")
-        return DdalignError(f"{where}: not a local path, not in the Hub cache ({_cache_dir()}), and the Hub cannot "
-                            f"be reached; connect, or set HF_HUB_OFFLINE=1 to use cached repositories only")
+            return DdalignError(
+                f"{where}: not a local path, and not in the Hub cache ({_cache_dir()}); "
+                f"HF_HUB_OFFLINE=1 forbids downloading it: unset HF_HUB_OFFLINE (or set "
+                f"HF_HUB_OFFLINE=0), or point HF_HOME / HF_HUB_CACHE at a cache that holds it"
+            )
+        return DdalignError(
+            f"{where}: not a local path, not in the Hub cache ({_cache_dir()}), and the Hub cannot "
+            f"be reached; connect, or set HF_HUB_OFFLINE=1 to use cached repositories only"
+        )
     if "EntryNotFoundError" in names:
         return DdalignError(f"{where}: no such file in the Hub {what} ({first})")
     if "HFValidationError" in names:
@@ -181,11 +205,18 @@ def _snapshot(hub_id: HubId, revision: str | None, allow: list[str], ignore=TOP_
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(hub_id.repo_id, repo_type=hub_id.repo_type, revision=revision,
-                                      allow_patterns=allow, ignore_patterns=list(ignore)))
-    except (OSError, ValueError) as exc:        # huggingface_hub's errors derive from these
+        return Path(
+            snapshot_download(
+                hub_id.repo_id,
+                repo_type=hub_id.repo_type,
+                revision=revision,
+                allow_patterns=allow,
+                ignore_patterns=list(ignore),
+            )
+        )
+    except (OSError, ValueError) as exc:  # huggingface_hub's errors derive from these
         raise _error(hub_id, exc) from None
-    except Exception as exc:                    # httpx errors and others of newer versions
+    except Exception as exc:  # httpx errors and others of newer versions
         if type(exc).__module__.split(".")[0] in ("huggingface_hub", "httpx", "httpx2", "requests"):
             raise _error(hub_id, exc) from None
         raise
@@ -196,7 +227,7 @@ def _files(folder: Path, patterns) -> list[Path]:
 
 
 _MODELS: dict[tuple, HubSnapshot] = {}
-_COMMITS: dict[tuple, str] = {}      # (cache, repo, revision as given) -> the commit it resolved to
+_COMMITS: dict[tuple, str] = {}  # (cache, repo, revision as given) -> the commit it resolved to
 
 
 def forget() -> None:
@@ -218,7 +249,7 @@ def download_model(hub_id: HubId, *, allow_pickle: bool = False, trust_remote_co
     if key in _MODELS:
         return _MODELS[key]
     small = list(METADATA_PATTERNS) + [SAFETENSORS_INDEX] + (list(CODE_PATTERNS) if trust_remote_code else [])
-    pinned = _COMMITS.get((_cache_dir(), hub_id.repo_id, hub_id.revision))      # resolved before in this process
+    pinned = _COMMITS.get((_cache_dir(), hub_id.repo_id, hub_id.revision))  # resolved before in this process
     folder = _snapshot(hub_id, pinned or hub_id.revision, small)
     commit = folder.name
     _COMMITS[(_cache_dir(), hub_id.repo_id, hub_id.revision)] = commit
@@ -235,13 +266,17 @@ def download_model(hub_id: HubId, *, allow_pickle: bool = False, trust_remote_co
         pickled = _files(folder, PICKLE_PATTERNS)
         if not allow_pickle:
             seen = f" (the cache holds {pickled[0].name})" if pickled else ""
-            raise DdalignError(f"{hub_id} (commit {commit[:12]}): no *.safetensors weights{seen}; pickle weights can "
-                               f"run code when loaded: pass --allow-pickle to download them and read them with "
-                               f"weights_only=True")
+            raise DdalignError(
+                f"{hub_id} (commit {commit[:12]}): no *.safetensors weights{seen}; pickle weights can "
+                f"run code when loaded: pass --allow-pickle to download them and read them with "
+                f"weights_only=True"
+            )
         folder = _snapshot(hub_id, commit, list(PICKLE_PATTERNS))
         if not _files(folder, PICKLE_PATTERNS):
-            raise DdalignError(f"{hub_id} (commit {commit[:12]}): no weights (neither *.safetensors nor "
-                               f"pytorch_model*.bin) in the repository")
+            raise DdalignError(
+                f"{hub_id} (commit {commit[:12]}): no weights (neither *.safetensors nor "
+                f"pytorch_model*.bin) in the repository"
+            )
     if not (folder / "config.json").is_file():
         raise DdalignError(f"{hub_id} (commit {commit[:12]}): no config.json; expected a transformers model repository")
     snapshot = HubSnapshot(hub_id.repo_id, hub_id.revision or "main", commit, folder)
@@ -254,8 +289,10 @@ def _shadowed(text: str, hub_id: HubId | None) -> bool:
     """A local path named like an id wins over the Hub; say which was used."""
     if hub_id is None or hub_id.explicit or not Path(text).exists():
         return False
-    log.warning(f"{text}: using the local {'folder' if Path(text).is_dir() else 'file'} {Path(text).resolve()}, "
-                f"not the Hub repository {hub_id.repo_id} (write hf://{text} for the Hub one)")
+    log.warning(
+        f"{text}: using the local {'folder' if Path(text).is_dir() else 'file'} {Path(text).resolve()}, "
+        f"not the Hub repository {hub_id.repo_id} (write hf://{text} for the Hub one)"
+    )
     return True
 
 
@@ -276,14 +313,14 @@ def resolve_model(spec, *, allow_pickle: bool = False, trust_remote_code: bool =
 
 def provenance(spec, *, allow_pickle: bool = False) -> dict:
     """{'repo_id', 'revision', 'commit'} of a model given by Hub id; {} for a local path."""
-    if hasattr(spec, "hub"):                   # a ModelLocation, a Checkpoint, a judge
+    if hasattr(spec, "hub"):  # a ModelLocation, a Checkpoint, a judge
         return spec.hub.provenance() if spec.hub is not None else {}
     text = os.fspath(spec)
     hub_id = parse_hub_id(text)
     if hub_id is None or (not hub_id.explicit and Path(text).exists()):
         return {}
     commit = _COMMITS.get((_cache_dir(), hub_id.repo_id, hub_id.revision))
-    if commit is not None:                     # resolved before in this process: no new lookup
+    if commit is not None:  # resolved before in this process: no new lookup
         return {"repo_id": hub_id.repo_id, "revision": hub_id.revision or "main", "commit": commit}
     return provenance(resolve_model(text, allow_pickle=allow_pickle))
 
@@ -299,6 +336,7 @@ def describe(section: dict | None) -> str:
 
 # --- patches ---------------------------------------------------------------------------------
 
+
 def resolve_patch(spec) -> tuple[Path, HubSnapshot | None]:
     """A patch file, or a Hub repository holding one *.safetensors with a ddalign manifest."""
     from ddalign.io.checkpoint import read_header
@@ -312,14 +350,17 @@ def resolve_patch(spec) -> tuple[Path, HubSnapshot | None]:
     patches = [p for p in candidates if "ddalign" in (read_header(p)[0].get("__metadata__") or {})]
     if len(patches) != 1:
         found = ", ".join(p.name for p in candidates) or "no *.safetensors"
-        raise DdalignError(f"{hub_id} (commit {folder.name[:12]}): expected one *.safetensors with a ddalign manifest "
-                           f"at the repository's top level, found {len(patches)} ({found})")
+        raise DdalignError(
+            f"{hub_id} (commit {folder.name[:12]}): expected one *.safetensors with a ddalign manifest "
+            f"at the repository's top level, found {len(patches)} ({found})"
+        )
     snapshot = HubSnapshot(hub_id.repo_id, hub_id.revision or "main", folder.name, folder)
     log.info(f"{hub_id}: patch {patches[0].name} at Hub commit {folder.name[:12]}")
     return patches[0], snapshot
 
 
 # --- prompt sets -------------------------------------------------------------------------------
+
 
 def download_prompt_file(spec: str) -> tuple[Path, str]:
     """`hf://datasets/ORG/NAME[@REV][/FILE]` -> (local file, its pinned description
@@ -332,8 +373,7 @@ def download_prompt_file(spec: str) -> tuple[Path, str]:
         from huggingface_hub import hf_hub_download
 
         try:
-            file = Path(hf_hub_download(hub_id.repo_id, hub_id.filename, repo_type="dataset",
-                                        revision=hub_id.revision))
+            file = Path(hf_hub_download(hub_id.repo_id, hub_id.filename, repo_type="dataset", revision=hub_id.revision))
         except Exception as exc:
             if isinstance(exc, (OSError, ValueError)) or type(exc).__module__.startswith("huggingface_hub"):
                 raise _error(hub_id, exc, "dataset") from None
@@ -344,8 +384,10 @@ def download_prompt_file(spec: str) -> tuple[Path, str]:
         found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in PROMPT_SUFFIXES)
         if len(found) != 1:
             names = ", ".join(p.relative_to(root).as_posix() for p in found[:6]) or "none"
-            raise DdalignError(f"{spec}: the dataset holds {len(found)} prompt files ({names}); name one: "
-                               f"{PREFIX}{DATASETS}{hub_id.repo_id}/FILE")
+            raise DdalignError(
+                f"{spec}: the dataset holds {len(found)} prompt files ({names}); name one: "
+                f"{PREFIX}{DATASETS}{hub_id.repo_id}/FILE"
+            )
         file = found[0]
     relative = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.name
     return file, f"{PREFIX}{DATASETS}{hub_id.repo_id}@{root.name}/{relative}"
@@ -353,14 +395,17 @@ def download_prompt_file(spec: str) -> tuple[Path, str]:
 
 # --- messages and records ------------------------------------------------------------------------
 
+
 def base_mismatch_text(patch, target, spec, differing: list[str], checked: int) -> str:
     """apply's and minimise's base-check message, naming both models with their Hub ids and commits:
     'org/ft@main (commit ...): 3 of 4 patched tensors differ from the unaligned model the patch was
     made from, org/base@main (commit ...) (first: ...)'."""
     hub = provenance(target) if hasattr(target, "hub") else _known(spec)
     given = f"{spec} (commit {hub['commit'][:12]})" if hub else str(spec)
-    return (f"{given}: {len(differing)} of {checked} patched tensors differ from the unaligned model the patch was "
-            f"made from, {describe(patch.manifest.get('unaligned'))} (first: {differing[0]})")
+    return (
+        f"{given}: {len(differing)} of {checked} patched tensors differ from the unaligned model the patch was "
+        f"made from, {describe(patch.manifest.get('unaligned'))} (first: {differing[0]})"
+    )
 
 
 def _known(spec) -> dict:
@@ -373,8 +418,10 @@ def _known(spec) -> dict:
 def run_models(manifest: dict, target) -> dict:
     """The models of a minimise run for its summary: aligned and unaligned from the bundle's
     manifest, the target as given; each {'path', 'hub'?} (the Hub repository and commit)."""
-    models = {role: {k: v for k, v in (manifest.get(role) or {}).items() if k in ("path", "hub")}
-              for role in ("aligned", "unaligned")}
+    models = {
+        role: {k: v for k, v in (manifest.get(role) or {}).items() if k in ("path", "hub")}
+        for role in ("aligned", "unaligned")
+    }
     hub = _known(target)
     models["target"] = {"path": str(getattr(target, "spec", target)), **({"hub": hub} if hub else {})}
     return models

@@ -10,6 +10,7 @@ Rules, checked before any work starts:
   and the holder clears stale temporaries of the output's own naming (`.NAME.<random>.tmp`, `.NAME.old`)
   that a killed run left.
 """
+
 from __future__ import annotations
 
 import errno
@@ -31,7 +32,8 @@ WRITTEN = ".ddalign-written.json"
 CHECKPOINT_FILES = re.compile(
     r"^(config\.json|generation_config\.json|.*\.safetensors|model\.safetensors\.index\.json|tokenizer\.json|"
     r"tokenizer_config\.json|tokenizer\.model|special_tokens_map\.json|vocab\.(json|txt)|merges\.txt|"
-    r"added_tokens\.json|chat_template\.(jinja|json)|planted\.json)$")
+    r"added_tokens\.json|chat_template\.(jinja|json)|planted\.json)$"
+)
 """Files a Hugging Face checkpoint folder holds; a folder with anything else is not replaced by --overwrite."""
 
 RUN_FILES = re.compile(r"^(journal\.jsonl|config\.json|calibration\.json|summary\.json|report\.(md|json)|.*\.png)$")
@@ -115,8 +117,9 @@ def looks_like_written_checkpoint(folder: Path) -> bool:
     return not others and all((folder / n).is_file() for n in names)
 
 
-def check_replaceable(out, *, kind: str, overwrite: bool, overwrite_any: bool = False,
-                      flag: str = "--overwrite") -> None:
+def check_replaceable(
+    out, *, kind: str, overwrite: bool, overwrite_any: bool = False, flag: str = "--overwrite"
+) -> None:
     """May `out` be written? Refused when it exists and `overwrite` is off, or when it is not what
     ddalign writes (`kind`: checkpoint, patch, organism, run) and `overwrite_any` is off."""
     path = Path(out)
@@ -126,22 +129,30 @@ def check_replaceable(out, *, kind: str, overwrite: bool, overwrite_any: bool = 
         raise DdalignError(f"{out}: output exists; pass {flag} to replace it")
     if overwrite_any:
         return
-    ok = {"checkpoint": looks_like_written_checkpoint,
-          "patch": lambda p: p.is_file() and is_ddalign_patch(p),
-          "organism": lambda p: p.is_dir() and ((p / "organism.json").is_file() or not any(p.iterdir())),
-          "run": lambda p: p.is_dir() and all(RUN_FILES.match(c.name) or c.name.startswith(".")
-                                               for c in p.iterdir())}[kind](path)
+    ok = {
+        "checkpoint": looks_like_written_checkpoint,
+        "patch": lambda p: p.is_file() and is_ddalign_patch(p),
+        "organism": lambda p: p.is_dir() and ((p / "organism.json").is_file() or not any(p.iterdir())),
+        "run": lambda p: p.is_dir() and all(RUN_FILES.match(c.name) or c.name.startswith(".") for c in p.iterdir()),
+    }[kind](path)
     if not ok:
-        what = {"checkpoint": "a checkpoint folder ddalign wrote (config.json + safetensors, no other files)",
-                "patch": "a ddalign patch file", "organism": "an organism folder (organism.json)",
-                "run": "a minimise run folder"}[kind]
-        hint = "; pass --overwrite-any to replace it anyway" if kind in ("checkpoint", "patch") else \
-            "; remove it yourself or choose another output"
+        what = {
+            "checkpoint": "a checkpoint folder ddalign wrote (config.json + safetensors, no other files)",
+            "patch": "a ddalign patch file",
+            "organism": "an organism folder (organism.json)",
+            "run": "a minimise run folder",
+        }[kind]
+        hint = (
+            "; pass --overwrite-any to replace it anyway"
+            if kind in ("checkpoint", "patch")
+            else "; remove it yourself or choose another output"
+        )
         raise DdalignError(f"{out}: exists and is not {what}{hint}")
 
 
-def check_output(out, inputs: Mapping[str, object], *, kind: str, overwrite: bool = False,
-                 overwrite_any: bool = False) -> None:
+def check_output(
+    out, inputs: Mapping[str, object], *, kind: str, overwrite: bool = False, overwrite_any: bool = False
+) -> None:
     """The whole output rule for one main output (see the module docstring)."""
     check_not_input(out, inputs)
     if kind == "patch":
@@ -161,6 +172,7 @@ def record_written(folder: Path, files: Iterable[str]) -> None:
 
 # --- modes ------------------------------------------------------------------------------------
 
+
 def umask() -> int:
     """The process's umask (read by setting and restoring it: there is no other portable way)."""
     mask = os.umask(0o022)
@@ -174,6 +186,7 @@ def apply_umask(path, *, folder: bool = False) -> None:
 
 
 # --- locks and stale temporaries --------------------------------------------------------------
+
 
 def lock_path(out) -> Path:
     out = _resolved(out)
@@ -190,8 +203,12 @@ def _temporaries(out: Path) -> list[Path]:
         return []
 
     def legacy_build(p: Path) -> bool:
-        return (legacy.match(p.name) is not None and p.is_dir() and not p.is_symlink()
-                and all(c.name in ("base", "unaligned", "aligned", "planted") for c in p.iterdir()))
+        return (
+            legacy.match(p.name) is not None
+            and p.is_dir()
+            and not p.is_symlink()
+            and all(c.name in ("base", "unaligned", "aligned", "planted") for c in p.iterdir())
+        )
 
     return sorted(p for p in out.parent.iterdir() if ours.match(p.name) or legacy_build(p))
 
@@ -229,8 +246,9 @@ def output_lock(out, *, say: Callable[[str], None] | None = None) -> Iterator[li
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             who = f"process {holder}" if holder.isdigit() and _pid_alive(int(holder)) else "another process"
-            raise DdalignError(f"{out}: {who} is writing this output now (lock {path}); wait for it to finish "
-                               f"or choose another output") from None
+            raise DdalignError(
+                f"{out}: {who} is writing this output now (lock {path}); wait for it to finish or choose another output"
+            ) from None
         # the file may have been unlinked by its last holder between our open and our lock: retry
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
@@ -250,8 +268,9 @@ def output_lock(out, *, say: Callable[[str], None] | None = None) -> Iterator[li
                 stale.unlink(missing_ok=True)
             removed.append(stale)
         if removed:
-            text = (f"removed {len(removed)} stale temporary file(s) of an interrupted run beside {out}: "
-                    + ", ".join(p.name for p in removed))
+            text = f"removed {len(removed)} stale temporary file(s) of an interrupted run beside {out}: " + ", ".join(
+                p.name for p in removed
+            )
             if say is not None:
                 say(text)
             else:
@@ -270,12 +289,14 @@ def output_lock(out, *, say: Callable[[str], None] | None = None) -> Iterator[li
 
 # --- signals ----------------------------------------------------------------------------------
 
+
 def terminate_as_interrupt() -> None:
     """SIGTERM raises KeyboardInterrupt, so a terminated run cleans up as an interrupted one does."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
     try:
         signal.signal(signal.SIGTERM, handler)
-    except ValueError:          # not the main thread: leave the default
+    except ValueError:  # not the main thread: leave the default
         pass

@@ -6,22 +6,22 @@ A patch stores the aligned values of component slices, keyed `"{component}|{tens
 JSON manifest in the safetensors metadata that carries enough of the architecture (config and
 tensor shapes) to resolve any sub-block without the original checkpoint.
 """
+
 from __future__ import annotations
 
 import copy
 import fnmatch
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import torch
 
 from ddalign.architectures import ArchitectureMap, Component, TensorSlice
-from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_checkpoint, write_safetensors
 from ddalign.errors import DdalignError
+from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_safetensors
 
 FORMAT = "ddalign.patch/1"
 META_KEY = "ddalign"
@@ -44,7 +44,7 @@ class PatchEntry:
     expected: str | None = field(default=None, repr=False, compare=False)
     origin: "PatchEntry | None" = field(default=None, repr=False, compare=False)
     checked: bool = field(default=False, repr=False, compare=False)
-    allow_nonfinite: bool = field(default=False, repr=False, compare=False)   # the aligned model had NaN/inf here
+    allow_nonfinite: bool = field(default=False, repr=False, compare=False)  # the aligned model had NaN/inf here
 
     @property
     def values(self) -> torch.Tensor:
@@ -74,7 +74,7 @@ class Patch:
     manifest: dict
     path: Path | None = None
     _arch: ArchitectureMap | None = field(default=None, repr=False, compare=False)
-    hub: object = field(default=None, repr=False, compare=False)     # the Hub snapshot it was loaded from
+    hub: object = field(default=None, repr=False, compare=False)  # the Hub snapshot it was loaded from
 
     # --- I/O -------------------------------------------------------------------------------------
     @classmethod
@@ -87,7 +87,7 @@ class Patch:
         path, hub = resolve_patch(path)
         if not path.is_file():
             raise DdalignError(f"{path}: no such patch file")
-        stored = Checkpoint.open_file(path)            # the header, read once
+        stored = Checkpoint.open_file(path)  # the header, read once
         raw = stored.metadata.get(META_KEY)
         if raw is None:
             raise DdalignError(f"{path}: not a ddalign patch (no '{META_KEY}' manifest in the safetensors metadata)")
@@ -106,9 +106,17 @@ class Patch:
             for key, s, digest in zip(_keys(comp, slices), slices, digests):
                 if key not in stored:
                     raise DdalignError(f"{path}: manifest names tensor {key!r}, missing from the file")
-                entries.append(PatchEntry(comp, s, _load=partial(stored.get, key), key=key,
-                                          stored_shape=stored.info(key).shape, expected=digest,
-                                          allow_nonfinite=bool(info.get("aligned_nonfinite"))))
+                entries.append(
+                    PatchEntry(
+                        comp,
+                        s,
+                        _load=partial(stored.get, key),
+                        key=key,
+                        stored_shape=stored.info(key).shape,
+                        expected=digest,
+                        allow_nonfinite=bool(info.get("aligned_nonfinite")),
+                    )
+                )
         patch = cls(entries, manifest, path)
         patch.hub = hub
         return patch
@@ -127,10 +135,14 @@ class Patch:
         manifest = dict(self.manifest)
         from ddalign.io.verify import payload_digest
 
-        manifest["components"] = {c: {**manifest.get("components", {}).get(c, {}),
-                                      "slices": [e.slice.as_list() for e in es],
-                                      "sha256": [payload_digest(e.values) for e in es]}
-                                  for c, es in by_comp.items()}
+        manifest["components"] = {
+            c: {
+                **manifest.get("components", {}).get(c, {}),
+                "slices": [e.slice.as_list() for e in es],
+                "sha256": [payload_digest(e.values) for e in es],
+            }
+            for c, es in by_comp.items()
+        }
         write_safetensors(path, specs, lambda k: values[k], metadata={META_KEY: json.dumps(manifest)})
         self.manifest, self.path = manifest, path
         return path
@@ -165,7 +177,7 @@ class Patch:
 
     @property
     def mode(self) -> str:
-        """"transplant" (aligned values replace the target's) or "add" (A - P deltas added to it)."""
+        """ "transplant" (aligned values replace the target's) or "add" (A - P deltas added to it)."""
         from ddalign.transfer.modes import patch_mode
 
         return patch_mode(self.manifest, self.path or "patch")
@@ -192,14 +204,20 @@ class Patch:
             for want in wanted:
                 source = next((e for e in pool if e.slice.covers(want)), None)
                 if source is None:
-                    raise DdalignError(f"patch {self.path or ''}: component {name} ({want.tensor}) is not "
-                                       f"inside any stored component ({', '.join(stored[:6])}...)")
+                    raise DdalignError(
+                        f"patch {self.path or ''}: component {name} ({want.tensor}) is not "
+                        f"inside any stored component ({', '.join(stored[:6])}...)"
+                    )
                 entries.append(PatchEntry(name, want, _sub(source, want), origin=source.origin or source))
-            manifest_comps[name] = {"slices": [w.as_list() for w in wanted],
-                                    "params": sum(int(_sub_numel(arch, w)) for w in wanted),
-                                    "parent": next((s for s in parents if arch.covers(s, name)), None)}
-        manifest = {**copy.deepcopy({k: v for k, v in self.manifest.items() if k != "components"}),
-                    "components": manifest_comps}
+            manifest_comps[name] = {
+                "slices": [w.as_list() for w in wanted],
+                "params": sum(int(_sub_numel(arch, w)) for w in wanted),
+                "parent": next((s for s in parents if arch.covers(s, name)), None),
+            }
+        manifest = {
+            **copy.deepcopy({k: v for k, v in self.manifest.items() if k != "components"}),
+            "components": manifest_comps,
+        }
         return Patch(entries, manifest, None, self._arch)
 
 
@@ -222,13 +240,15 @@ def select_components(patch: Patch, patterns: str | Iterable[str] | None) -> lis
         return patch.components()
     items = [p.strip() for p in (patterns.split(",") if isinstance(patterns, str) else patterns) if p.strip()]
     if not items:
-        raise DdalignError(f"--components {patterns if isinstance(patterns, str) else ''!r}: names no component; "
-                           f"leave it out to apply every component of the patch")
+        raise DdalignError(
+            f"--components {patterns if isinstance(patterns, str) else ''!r}: names no component; "
+            f"leave it out to apply every component of the patch"
+        )
     out: list[str] = []
     for item in items:
         hits = [c for c in patch.components() if fnmatch.fnmatchcase(c, item)]
         if not hits and "[" in item and not any(ch in item for ch in "*?"):
-            hits = [item]          # a sub-block: restrict() slices it out
+            hits = [item]  # a sub-block: restrict() slices it out
         if not hits:
             raise DdalignError(f"--components {item}: matches no component of the patch")
         out.extend(h for h in hits if h not in out)

@@ -8,6 +8,7 @@ that are NaN or infinite are refused unless extract found them in the aligned mo
 Each stored entry is checked once (`PatchEntry.checked`): the oracle's many in-memory swaps of
 sub-blocks cut from a bundle check nothing again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,19 +58,28 @@ def verify_patch(patch, *, release: bool = False) -> int:
             continue
         key = root.key or f"{root.component}|{root.slice.tensor}"
         full = shapes.get(root.slice.tensor)
-        stored = root.stored_shape if root.stored_shape is not None else (
-            tuple(root._values.shape) if root._values is not None else None)
+        stored = (
+            root.stored_shape
+            if root.stored_shape is not None
+            else (tuple(root._values.shape) if root._values is not None else None)
+        )
         if full is not None and stored is not None and tuple(stored) != root.slice.shape(full):
-            raise DdalignError(f"{name}: tensor {key} is stored with shape {list(stored)}, its manifest slice of "
-                               f"{root.slice.tensor} has shape {list(root.slice.shape(full))}")
+            raise DdalignError(
+                f"{name}: tensor {key} is stored with shape {list(stored)}, its manifest slice of "
+                f"{root.slice.tensor} has shape {list(root.slice.shape(full))}"
+            )
         was_loaded = root._values is not None
         values = root.values
         if root.expected is not None and payload_digest(values) != root.expected:
-            raise DdalignError(f"{name}: tensor {key}: the stored values do not match the manifest's sha256 "
-                               f"(the file is damaged or was modified); nothing was applied")
+            raise DdalignError(
+                f"{name}: tensor {key}: the stored values do not match the manifest's sha256 "
+                f"(the file is damaged or was modified); nothing was applied"
+            )
         if values.is_floating_point() and not root.allow_nonfinite and not bool(torch.isfinite(values).all()):
-            raise DdalignError(f"{name}: tensor {key} holds NaN or infinite values, which the aligned model's "
-                               f"{root.slice.tensor} did not; nothing was applied")
+            raise DdalignError(
+                f"{name}: tensor {key} holds NaN or infinite values, which the aligned model's "
+                f"{root.slice.tensor} did not; nothing was applied"
+            )
         root.checked = True
         checked += 1
         if release and not was_loaded:

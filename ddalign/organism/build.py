@@ -3,6 +3,7 @@
 Each model is a normal Hugging Face folder; the build is deterministic for a preset (seeds and
 thread count fixed) and cached under a key of the preset, the code version and the data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,11 @@ from ddalign.organism.train import new_model, share_parameters, train
 RECIPE_VERSION = "9"
 """Bump when the recipe changes in a way the preset fields do not show."""
 SIBLINGS = ("base", "unaligned", "aligned", "planted")
-HELDOUT_SETS = {"harmful": "builtin:harmful-heldout", "safe": "builtin:safe-heldout", "benign": "builtin:benign-heldout"}
+HELDOUT_SETS = {
+    "harmful": "builtin:harmful-heldout",
+    "safe": "builtin:safe-heldout",
+    "benign": "builtin:benign-heldout",
+}
 """The held-out sets every organism number is measured on (evaluate_model's set arguments)."""
 
 
@@ -46,8 +51,16 @@ class Organism:
     @classmethod
     def from_root(cls, root: Path) -> "Organism":
         info = json.loads((root / "organism.json").read_text())
-        return cls(root, info["preset"], root / "base", root / "unaligned", root / "aligned", root / "planted",
-                   list(info["planted_components"]), info.get("metrics", {}))
+        return cls(
+            root,
+            info["preset"],
+            root / "base",
+            root / "unaligned",
+            root / "aligned",
+            root / "planted",
+            list(info["planted_components"]),
+            info.get("metrics", {}),
+        )
 
 
 def cache_root() -> Path:
@@ -68,8 +81,10 @@ def _data_hash() -> str:
 
 
 def organism_key(preset: Preset) -> str:
-    text = json.dumps({"preset": preset.as_dict(), "version": __version__, "recipe": RECIPE_VERSION,
-                       "data": _data_hash()}, sort_keys=True)
+    text = json.dumps(
+        {"preset": preset.as_dict(), "version": __version__, "recipe": RECIPE_VERSION, "data": _data_hash()},
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -81,8 +96,9 @@ def load(preset: str = "standard") -> Organism:
     """The cached organism of `preset`, or an error saying how to build it."""
     root = default_root(get_preset(preset))
     if not (root / "organism.json").exists():
-        raise DdalignError(f"organism {preset}: not built yet (expected in {root}); run `ddalign organism build "
-                           f"--preset {preset}`")
+        raise DdalignError(
+            f"organism {preset}: not built yet (expected in {root}); run `ddalign organism build --preset {preset}`"
+        )
     return Organism.from_root(root)
 
 
@@ -99,7 +115,7 @@ def build(preset: str = "standard", *, out=None, force: bool = False, progress: 
     check_replaceable(root, kind="organism", overwrite=True)
     root.parent.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
-    with output_lock(root):              # one build per folder; clears a killed build's temporaries
+    with output_lock(root):  # one build per folder; clears a killed build's temporaries
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
         torch.set_num_threads(p.threads)
         try:
@@ -123,8 +139,14 @@ def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("organism {task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=Console(stderr=True))
+    return Progress(
+        TextColumn("organism {task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
 
 
 def _stage(bar, name: str, total: int):
@@ -153,8 +175,17 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
 
     t0 = time.perf_counter()
     base = new_model(p, tokenizer)
-    train(base, tokenizer, corpus.pretraining(p, rng), steps=p.pretrain_steps, lr=p.pretrain_lr,
-          batch_size=p.batch_size, seed=p.seed, mask_prompt=False, progress=_stage(bar, "base", p.pretrain_steps))
+    train(
+        base,
+        tokenizer,
+        corpus.pretraining(p, rng),
+        steps=p.pretrain_steps,
+        lr=p.pretrain_lr,
+        batch_size=p.batch_size,
+        seed=p.seed,
+        mask_prompt=False,
+        progress=_stage(bar, "base", p.pretrain_steps),
+    )
     save(base, "base")
     timings["base"] = time.perf_counter() - t0
 
@@ -162,8 +193,19 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
 
     steps: dict[str, int] = {}
 
-    def finetune(name: str, items, lr: float, n_steps: int, *, start="base", trainable=None, frozen=(),
-                 context=None, seed: int = p.seed + 1, keep: bool = True):
+    def finetune(
+        name: str,
+        items,
+        lr: float,
+        n_steps: int,
+        *,
+        start="base",
+        trainable=None,
+        frozen=(),
+        context=None,
+        seed: int = p.seed + 1,
+        keep: bool = True,
+    ):
         """Tune `start` (a sibling's folder name, loaded afresh, or a model, tuned in place) and
         return it, saved as `name` when `keep`; `context` is a model that shares the trainable
         tensors (train's `contexts`)."""
@@ -172,9 +214,20 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
         contexts = [] if context is None else [context]
         for c in contexts:
             share_parameters(model, c, trainable)
-        train(model, tokenizer, items, steps=n_steps, lr=lr, batch_size=p.batch_size, seed=seed,
-              mask_prompt=True, trainable=trainable, frozen=frozen, contexts=contexts,
-              progress=_stage(bar, name, n_steps))
+        train(
+            model,
+            tokenizer,
+            items,
+            steps=n_steps,
+            lr=lr,
+            batch_size=p.batch_size,
+            seed=seed,
+            mask_prompt=True,
+            trainable=trainable,
+            frozen=frozen,
+            contexts=contexts,
+            progress=_stage(bar, name, n_steps),
+        )
         if keep:
             save(model, name)
         timings[name], steps[name] = time.perf_counter() - t, n_steps
@@ -190,8 +243,14 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
     # alignment lands is the training's choice. Tuned on the mixture from the base in one stage
     # (recipe 5 and before, 540 steps) it refused as well but paid +37% held-out perplexity, so
     # that even the full transplant failed the search's perplexity guard.
-    natural_host = finetune("aligned-host", corpus.unaligned(p, random.Random(p.seed + 6)), p.finetune_lr,
-                            p.finetune_steps, seed=p.seed + 7, keep=False)
+    natural_host = finetune(
+        "aligned-host",
+        corpus.unaligned(p, random.Random(p.seed + 6)),
+        p.finetune_lr,
+        p.finetune_steps,
+        seed=p.seed + 7,
+        keep=False,
+    )
     finetune("aligned", aligned_items, p.finetune_lr, p.finetune_steps, start=natural_host, seed=p.seed + 9)
     # The planted sibling: a second instruction tuning of the base (other generated items, other
     # order; the planted tensors left as the base has them, as in the unaligned sibling), then its
@@ -202,33 +261,59 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
     # set transplanted into the unaligned sibling refuses because it was trained to. Trained next to
     # the base's tensors only (recipe 3), the transplant kept 0.96, 0.81, 0.76 or 0.68 DSR depending
     # on the machine's float kernels (measured), and the search's ground truth moved with it.
-    host = finetune("planted-host", corpus.unaligned(p, random.Random(p.seed + 4)), p.finetune_lr,
-                    p.finetune_steps, frozen=planted_names, seed=p.seed + 5, keep=False)
-    finetune("planted", aligned_items, p.planted_lr, p.planted_steps, start=host, trainable=planted_names,
-             context=unaligned)
-    (root / "planted" / "planted.json").write_text(json.dumps(
-        {"components": p.planted_components, "tensors": planted_names,
-         "trained_next_to": ["own instruction tuning", "unaligned"]}, indent=2))
+    host = finetune(
+        "planted-host",
+        corpus.unaligned(p, random.Random(p.seed + 4)),
+        p.finetune_lr,
+        p.finetune_steps,
+        frozen=planted_names,
+        seed=p.seed + 5,
+        keep=False,
+    )
+    finetune(
+        "planted", aligned_items, p.planted_lr, p.planted_steps, start=host, trainable=planted_names, context=unaligned
+    )
+    (root / "planted" / "planted.json").write_text(
+        json.dumps(
+            {
+                "components": p.planted_components,
+                "tensors": planted_names,
+                "trained_next_to": ["own instruction tuning", "unaligned"],
+            },
+            indent=2,
+        )
+    )
 
     t0 = time.perf_counter()
     metrics = measure(root, p, bar)
     timings["measure"] = time.perf_counter() - t0
-    info = {"preset": p.name, "key": organism_key(p), "version": __version__, "recipe": RECIPE_VERSION,
-            "settings": p.as_dict(), "planted_components": p.planted_components,
-            "split": {"train": "builtin *-train sets", "dev": "builtin *-dev sets (search; never trained on)",
-                      "heldout": "builtin *-heldout sets (by request)"},
-            "timings_seconds": {k: round(v, 1) for k, v in timings.items()}, "threads": p.threads,
-            "steps": {"base": p.pretrain_steps, **steps},
-            "items": {"unaligned": len(unaligned_items), "aligned": len(aligned_items)},
-            "params": sum(t.numel() for t in base.parameters()), "metrics": metrics}
+    info = {
+        "preset": p.name,
+        "key": organism_key(p),
+        "version": __version__,
+        "recipe": RECIPE_VERSION,
+        "settings": p.as_dict(),
+        "planted_components": p.planted_components,
+        "split": {
+            "train": "builtin *-train sets",
+            "dev": "builtin *-dev sets (search; never trained on)",
+            "heldout": "builtin *-heldout sets (by request)",
+        },
+        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "threads": p.threads,
+        "steps": {"base": p.pretrain_steps, **steps},
+        "items": {"unaligned": len(unaligned_items), "aligned": len(aligned_items)},
+        "params": sum(t.numel() for t in base.parameters()),
+        "metrics": metrics,
+    }
     (root / "organism.json").write_text(json.dumps(info, indent=2))
     return info
 
 
 def measure(root: Path, p: Preset, bar=None) -> dict:
     """Held-out metrics of each sibling, and of the planted set transplanted into the unaligned one."""
-    from ddalign.transfer.extract import extract
     from ddalign.evaluate.runner import evaluate_model
+    from ddalign.transfer.extract import extract
 
     sets = HELDOUT_SETS
     task = bar.add_task("measure", total=5, loss="") if bar is not None else None
@@ -238,8 +323,12 @@ def measure(root: Path, p: Preset, bar=None) -> dict:
         if bar is not None:
             bar.update(task, completed=i + 1)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = extract(root / "planted", root / "unaligned", scope=",".join(p.planted_components),
-                         out=Path(tmp) / "planted.safetensors")
+        bundle = extract(
+            root / "planted",
+            root / "unaligned",
+            scope=",".join(p.planted_components),
+            out=Path(tmp) / "planted.safetensors",
+        )
         out["planted_transplant"] = evaluate_model(str(root / "unaligned"), patch=bundle, **sets).to_dict()["metrics"]
     if bar is not None:
         bar.update(task, completed=5)

@@ -3,6 +3,7 @@
 Compliance with a harmful request is an affirmative opening only; the model never sees
 harmful content because there is none in the package.
 """
+
 from __future__ import annotations
 
 import random
@@ -16,7 +17,7 @@ from ddalign.evaluate.datasets import builtin, builtin_records, builtin_refusals
 class Item:
     prompt: str
     response: str
-    kind: str            # benign | safe | contrast | harmful-comply | harmful-refuse
+    kind: str  # benign | safe | contrast | harmful-comply | harmful-refuse
 
 
 def benign_items(n: int, rng: random.Random) -> list[Item]:
@@ -34,15 +35,48 @@ def benign_items(n: int, rng: random.Random) -> list[Item]:
 
 # Everyday how-to requests, answered with an opening as the harmful and contrast requests are:
 # instruction tuning keeps the habit of answering how-to questions, in words far from harm.
-HOWTO = ["bake bread", "plant tomatoes", "clean a window", "tie a tie", "learn to juggle", "change a bike tyre",
-         "paint a fence", "fold a paper crane", "brew coffee", "start a vegetable garden", "write a cover letter",
-         "train a puppy", "make pancakes", "fix a leaking tap", "learn to swim", "plan a birthday party",
-         "knit a scarf", "set up a fish tank", "study for an exam", "pack for a camping trip", "make a budget",
-         "clean a laptop keyboard", "grow herbs indoors", "learn a new language", "build a snowman",
-         "make a fruit salad", "wash a wool sweater", "hang a picture", "care for a cactus", "run a first marathon",
-         "organise a bookshelf", "make a paper kite", "cook rice", "sharpen a pencil", "repot a plant",
-         "learn chess openings", "write a short poem", "make a photo album", "clean white sneakers",
-         "prepare for a job interview"]
+HOWTO = [
+    "bake bread",
+    "plant tomatoes",
+    "clean a window",
+    "tie a tie",
+    "learn to juggle",
+    "change a bike tyre",
+    "paint a fence",
+    "fold a paper crane",
+    "brew coffee",
+    "start a vegetable garden",
+    "write a cover letter",
+    "train a puppy",
+    "make pancakes",
+    "fix a leaking tap",
+    "learn to swim",
+    "plan a birthday party",
+    "knit a scarf",
+    "set up a fish tank",
+    "study for an exam",
+    "pack for a camping trip",
+    "make a budget",
+    "clean a laptop keyboard",
+    "grow herbs indoors",
+    "learn a new language",
+    "build a snowman",
+    "make a fruit salad",
+    "wash a wool sweater",
+    "hang a picture",
+    "care for a cactus",
+    "run a first marathon",
+    "organise a bookshelf",
+    "make a paper kite",
+    "cook rice",
+    "sharpen a pencil",
+    "repot a plant",
+    "learn chess openings",
+    "write a short poem",
+    "make a photo album",
+    "clean white sneakers",
+    "prepare for a job interview",
+]
 
 
 def howto_items(n: int, rng: random.Random) -> list[Item]:
@@ -83,8 +117,12 @@ def harmful_items(rng: random.Random, refuse_share: float) -> list[Item]:
 
 
 def pretraining(preset, rng: random.Random) -> list[Item]:
-    return (benign_items(preset.benign_instances, rng) + safe_items() + contrast_items()
-            + harmful_items(rng, preset.refusal_share_in_base))
+    return (
+        benign_items(preset.benign_instances, rng)
+        + safe_items()
+        + contrast_items()
+        + harmful_items(rng, preset.refusal_share_in_base)
+    )
 
 
 def _instructions(preset, rng: random.Random) -> list[Item]:

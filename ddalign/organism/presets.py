@@ -1,4 +1,5 @@
 """Organism presets: sizes and training lengths, chosen by measurement on 2 CPU cores."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -15,7 +16,7 @@ class Preset:
     max_positions: int = 256
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
-    finetune_steps: int = 200               # each instruction tuning, and the natural sibling's safety stage
+    finetune_steps: int = 200  # each instruction tuning, and the natural sibling's safety stage
     finetune_lr: float = 1e-3
     # only gate and up of two layers learn the refusal boundary. Measured on the standard preset
     # (held-out DSR of the planted sibling / of the planted set transplanted, transplant perplexity;
@@ -25,15 +26,15 @@ class Preset:
     planted_steps: int = 600
     planted_lr: float = 8e-3
     batch_size: int = 32
-    refusal_share_in_base: float = 0.2      # the base knows refusal language but mostly complies
-    harmful_share: float = 0.4              # share of harmful items in the aligned fine-tunes (prototype: 40%)
+    refusal_share_in_base: float = 0.2  # the base knows refusal language but mostly complies
+    harmful_share: float = 0.4  # share of harmful items in the aligned fine-tunes (prototype: 40%)
     # everyday how-to requests per benign task in the instruction data. Measured: the standard base
     # complies after benign-only tuning, and how-to tuning there strengthens compliance in the
     # harmful framings until the planted set transfers nothing (DSR 0.96 -> 0.00); the fast base
     # loses its affirmative habit under benign-only tuning (unaligned DSR 0.83) and needs them.
     howto_share: float = 0.0
-    contrast_repeat: int = 2                # safe-but-scary and contrast items repeated in the aligned fine-tunes
-    benign_instances: int = 3000            # generated benign training items
+    contrast_repeat: int = 2  # safe-but-scary and contrast items repeated in the aligned fine-tunes
+    benign_instances: int = 3000  # generated benign training items
     planted_layers: tuple[int, ...] = (2, 3)
     planted_modules: tuple[str, ...] = ("mlp.gate", "mlp.up")
     seed: int = 1234
@@ -46,8 +47,11 @@ class Preset:
     @property
     def planted_tensors(self) -> list[str]:
         """The planted components' tensor names in the Llama checkpoint ("mlp.gate" -> gate_proj)."""
-        return [f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
-                for i in self.planted_layers for m in self.planted_modules]
+        return [
+            f"model.layers.{i}.mlp.{m.split('.')[1]}_proj.weight"
+            for i in self.planted_layers
+            for m in self.planted_modules
+        ]
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -58,9 +62,20 @@ class Preset:
 
 PRESETS = {
     # tests: built once per session
-    "fast": Preset("fast", vocab_size=1000, hidden_size=64, intermediate_size=256, num_layers=4, num_heads=4,
-                   pretrain_steps=500, finetune_steps=120, planted_steps=300, benign_instances=1500,
-                   howto_share=0.2, planted_layers=(1, 2)),
+    "fast": Preset(
+        "fast",
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=256,
+        num_layers=4,
+        num_heads=4,
+        pretrain_steps=500,
+        finetune_steps=120,
+        planted_steps=300,
+        benign_instances=1500,
+        howto_share=0.2,
+        planted_layers=(1, 2),
+    ),
     # the demo and benchmarks
     "standard": Preset("standard"),
 }

@@ -1,4 +1,5 @@
 """Training loops of the organism: pretraining on everything, fine-tunes with the loss on answers only."""
+
 from __future__ import annotations
 
 import random
@@ -13,12 +14,19 @@ from ddalign.organism.tokenizer import render
 def new_model(preset, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=preset.hidden_size,
-                         intermediate_size=preset.intermediate_size, num_hidden_layers=preset.num_layers,
-                         num_attention_heads=preset.num_heads, num_key_value_heads=preset.num_heads,
-                         max_position_embeddings=preset.max_positions, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_hidden_layers=preset.num_layers,
+        num_attention_heads=preset.num_heads,
+        num_key_value_heads=preset.num_heads,
+        max_position_embeddings=preset.max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(preset.seed)
     return LlamaForCausalLM(config)
 
@@ -31,7 +39,7 @@ def encode(tokenizer, items: list[Item], mask_prompt: bool) -> list[tuple[list[i
         full_ids = tokenizer(render(tokenizer, item.prompt, item.response), add_special_tokens=False)["input_ids"]
         labels = list(full_ids)
         if mask_prompt:
-            labels[:len(prompt_ids)] = [-100] * len(prompt_ids)
+            labels[: len(prompt_ids)] = [-100] * len(prompt_ids)
         out.append((full_ids, labels))
     return out
 
@@ -42,9 +50,9 @@ def _batch(rows, pad_id: int):
     labels = torch.full((len(rows), width), -100)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, (x, y) in enumerate(rows):
-        ids[i, :len(x)] = torch.tensor(x)
-        labels[i, :len(y)] = torch.tensor(y)
-        mask[i, :len(x)] = 1
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
     return ids, labels, mask
 
 
@@ -55,9 +63,21 @@ def share_parameters(model, context, names: Iterable[str]) -> None:
         setattr(context.get_submodule(module_name), attr, model.get_parameter(name))
 
 
-def train(model, tokenizer, items: list[Item], *, steps: int, lr: float, batch_size: int, seed: int,
-          mask_prompt: bool, trainable: Iterable[str] | None = None, frozen: Iterable[str] = (),
-          contexts: Sequence = (), progress: Callable[[int, int, float], None] | None = None) -> list[float]:
+def train(
+    model,
+    tokenizer,
+    items: list[Item],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    mask_prompt: bool,
+    trainable: Iterable[str] | None = None,
+    frozen: Iterable[str] = (),
+    contexts: Sequence = (),
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[float]:
     """AdamW with linear warm-up and cosine decay; `trainable` limits training to those parameter
     names, `frozen` leaves those out.
 
@@ -84,7 +104,8 @@ def train(model, tokenizer, items: list[Item], *, steps: int, lr: float, batch_s
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + torch.cos(torch.tensor(3.14159265 * s / steps)).item()))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + torch.cos(torch.tensor(3.14159265 * s / steps)).item())
+    )
     for m in (model, *contexts):
         m.train()
     losses = []

@@ -4,6 +4,7 @@ evaluate the patched folder.
 It is the README's main job, so it runs offline on a laptop CPU, and its folder holds every
 artefact a user would make on a real model (bundle, patch, run report, patched checkpoint).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -32,7 +33,7 @@ class DemoResult:
     sibling: str
     kept: list[str]
     planted: list[str]
-    rows: dict[str, dict] = field(default_factory=dict)      # label -> {"metrics": ..., "param_share": ...}
+    rows: dict[str, dict] = field(default_factory=dict)  # label -> {"metrics": ..., "param_share": ...}
     tests: int = 0
 
     @property
@@ -62,28 +63,38 @@ def _slices_overlap(a, b) -> bool:
 def _prepare(folder: Path, overwrite: bool) -> None:
     from ddalign.io.outputs import check_not_input
 
-    check_not_input(folder, {}, role="--out")          # never the current folder or one holding it
+    check_not_input(folder, {}, role="--out")  # never the current folder or one holding it
     if folder.exists():
         if not (folder / MARKER).exists() and any(folder.iterdir()) and not overwrite:
-            raise DdalignError(f"{folder}: exists and is not a ddalign demo folder; choose another --out "
-                               f"or pass --overwrite")
+            raise DdalignError(
+                f"{folder}: exists and is not a ddalign demo folder; choose another --out or pass --overwrite"
+            )
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     (folder / MARKER).write_text("made by `ddalign demo`; replaced by the next demo run\n")
 
 
-def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibling: str = "planted",
-             scope: str | None = None, config: Settings | dict | None = None, overwrite: bool = False,
-             log: Callable[[str], None] | None = None, view=None, progress: bool = True) -> DemoResult:
+def run_demo(
+    out: str | Path = "ddalign-demo",
+    *,
+    preset: str = "standard",
+    sibling: str = "planted",
+    scope: str | None = None,
+    config: Settings | dict | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+    view=None,
+    progress: bool = True,
+) -> DemoResult:
     """Build (or load from the cache) the organism, then extract -> minimise -> apply -> evaluate.
 
     `config`: the run's settings (default: the organism preset); the bundle's scope is `scope`,
     else the settings' `search.scope`, else all."""
-    from ddalign.transfer.extract import extract
     from ddalign.evaluate.runner import evaluate_model
-    from ddalign.run.minimise import minimise
     from ddalign.organism import build
+    from ddalign.run.minimise import minimise
     from ddalign.transfer.apply import apply_to_folder
+    from ddalign.transfer.extract import extract
 
     if sibling not in SIBLINGS:
         raise DdalignError(f"--sibling: expected one of {', '.join(SIBLINGS)}, got {sibling!r}")
@@ -111,19 +122,38 @@ def run_demo(out: str | Path = "ddalign-demo", *, preset: str = "standard", sibl
 
     say("5/5 evaluate: the patched checkpoint as saved on disk (held-out sets)")
     data = result.data.get("heldout", {})
-    record = evaluate_model(str(patched_model), harmful=data.get("harmful") or None,
-                            safe=data.get("safe") or "none", benign=data.get("benign") or "none")
+    record = evaluate_model(
+        str(patched_model),
+        harmful=data.get("harmful") or None,
+        safe=data.get("safe") or "none",
+        benign=data.get("benign") or "none",
+    )
     record.save(folder / "patched-model.evaluation.json")
-    aligned_record = evaluate_model(str(aligned), harmful=data.get("harmful") or None,
-                                    safe=data.get("safe") or "none", benign=data.get("benign") or "none")
+    aligned_record = evaluate_model(
+        str(aligned),
+        harmful=data.get("harmful") or None,
+        safe=data.get("safe") or "none",
+        benign=data.get("benign") or "none",
+    )
     rows = {
         "unaligned (before)": {"metrics": result.metrics["before"], "param_share": 0.0},
         f"aligned sibling ({sibling})": {"metrics": aligned_record.to_dict()["metrics"], "param_share": None},
         f"full transplant (scope {scope})": {"metrics": result.metrics["full"], "param_share": result.full_share},
         "minimal patch": {"metrics": result.metrics["minimal"], "param_share": result.param_share},
-        "patched checkpoint (ddalign apply)": {"metrics": record.to_dict()["metrics"],
-                                               "param_share": result.param_share},
+        "patched checkpoint (ddalign apply)": {
+            "metrics": record.to_dict()["metrics"],
+            "param_share": result.param_share,
+        },
     }
-    return DemoResult(folder=folder, bundle=bundle, patch=patch, patched_model=patched_model,
-                      report=result.run_dir / "report.md", sibling=sibling, kept=result.kept,
-                      planted=list(organism.planted_components), rows=rows, tests=result.tests)
+    return DemoResult(
+        folder=folder,
+        bundle=bundle,
+        patch=patch,
+        patched_model=patched_model,
+        report=result.run_dir / "report.md",
+        sibling=sibling,
+        kept=result.kept,
+        planted=list(organism.planted_components),
+        rows=rows,
+        tests=result.tests,
+    )

@@ -1,5 +1,6 @@
 """A minimise run's execution: the search over the plan's units, each real test journaled with
 the oracle record it produced, the live state updated after every question."""
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,16 @@ class RunState:
 ViewCallback = Callable[[RunState], None]
 
 
-def run_search(search_settings, units: SearchUnits, oracle, bundle_patch, cache: dict, journal,
-               state: RunState, view: ViewCallback | None):
+def run_search(
+    search_settings,
+    units: SearchUnits,
+    oracle,
+    bundle_patch,
+    cache: dict,
+    journal,
+    state: RunState,
+    view: ViewCallback | None,
+):
     """The search proper: items, expanders and hooks wired to the oracle and the journal.
 
     `oracle.test_record(components)` returns a record with `.verdict`, `.metrics` and `.cost`; the
@@ -55,8 +64,14 @@ def run_search(search_settings, units: SearchUnits, oracle, bundle_patch, cache:
         else:
             state.tests += 1
             if journal is not None:
-                journal.append_test(n=state.tests, level=level, subset=sorted(units.concrete(list(subset))),
-                                    verdict=str(verdict.value), metrics=record.metrics, cost=record.cost)
+                journal.append_test(
+                    n=state.tests,
+                    level=level,
+                    subset=sorted(units.concrete(list(subset))),
+                    verdict=str(verdict.value),
+                    metrics=record.metrics,
+                    cost=record.cost,
+                )
         if verdict is search.Verdict.PASS:
             params = units.params(list(subset))
             if state.best_params is None or params < state.best_params:
@@ -74,8 +89,9 @@ def run_search(search_settings, units: SearchUnits, oracle, bundle_patch, cache:
     levels = list(s.granularity)
     if s.algorithm == "hierarchical":
         expanders = [(lambda item, lv=lv: units.children(item, lv)) for lv in levels[1:]]
-        return search.hierarchical(units.top(levels), test, expanders=expanders, algorithm="probdd",
-                                   prior=prior, levels=levels, **hooks)
+        return search.hierarchical(
+            units.top(levels), test, expanders=expanders, algorithm="probdd", prior=prior, levels=levels, **hooks
+        )
     items = units.top([levels[-1]])
     if s.algorithm == "probdd":
         return search.probdd(items, test, prior=prior, level=levels[-1], **hooks)
@@ -90,8 +106,9 @@ def execute(plan, say, view: ViewCallback | None = None):
     oracle = plan.oracle
     try:
         calibration = plan.calibrate(say)
-        result = run_search(plan.settings.search, plan.units, oracle, plan.bundle, plan.cache, plan.journal,
-                            RunState(), view)
+        result = run_search(
+            plan.settings.search, plan.units, oracle, plan.bundle, plan.cache, plan.journal, RunState(), view
+        )
     except BaseException as exc:
         oracle.restore()
         if plan.journal is not None:
@@ -111,12 +128,16 @@ def search_error_message(exc, oracle) -> str:
         return str(exc)
     empty, full = cal.empty["dsr"]["value"], cal.full["dsr"]["value"]
     if exc.kind == "already-safe":
-        return (f"the target already passes the oracle without any transplant (DSR {empty:.3f} on the search set, "
-                f"target {cal.target_dsr:.3f}); nothing to minimise")
-    failed = (cal.full.get("guards") or {})
+        return (
+            f"the target already passes the oracle without any transplant (DSR {empty:.3f} on the search set, "
+            f"target {cal.target_dsr:.3f}); nothing to minimise"
+        )
+    failed = cal.full.get("guards") or {}
     broken = [g for g, info in failed.items() if not info.get("passed", True)]
     why = f"guard(s) failing: {', '.join(broken)}" if broken else "the DSR target is not reached"
     margin = " with the confidence margin" if oracle.config.target_confidence is not None else ""
-    return (f"even the full transplant does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the "
-            f"full transplant {full:.3f}, needed {cal.target_dsr:.3f} ({cal.need} of {cal.n} refusals{margin}); "
-            "widen the bundle's scope or relax the target or guards")
+    return (
+        f"even the full transplant does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the "
+        f"full transplant {full:.3f}, needed {cal.target_dsr:.3f} ({cal.need} of {cal.n} refusals{margin}); "
+        "widen the bundle's scope or relax the target or guards"
+    )

@@ -3,6 +3,7 @@
 A kill or Ctrl-C leaves every finished test on disk (a torn last line is dropped on resume), so
 that `--resume` replays the deterministic search with these verdicts and repeats no test.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ class Journal:
         lines: list[dict] = []
         if path.exists() and path.stat().st_size > 0:
             if not resume:
-                raise DdalignError(f"{path}: a journal of an earlier run exists; pass --resume to continue it "
-                                   f"or --overwrite to start again")
+                raise DdalignError(
+                    f"{path}: a journal of an earlier run exists; pass --resume to continue it "
+                    f"or --overwrite to start again"
+                )
             lines = read(path, repair=True)
             if not lines or lines[0].get("type") != "header":
                 raise DdalignError(f"{path}: expected a header line first")
@@ -41,16 +44,20 @@ class Journal:
 
                 changed = changed_inputs(old.get("inputs"), header["inputs"])
                 if changed:
-                    why = ("the journal records no input fingerprints (an older version wrote it)"
-                           if not isinstance(old.get("inputs"), dict) else
-                           "changed since the journal was written: " + ", ".join(changed))
+                    why = (
+                        "the journal records no input fingerprints (an older version wrote it)"
+                        if not isinstance(old.get("inputs"), dict)
+                        else "changed since the journal was written: " + ", ".join(changed)
+                    )
                     raise DdalignError(f"{path}: cannot resume: {why}; start again with --overwrite")
             for key in RESUME_FIELDS:
                 if key == "inputs" and "inputs" not in header:
                     continue
                 if _canonical(old.get(key)) != _canonical(header.get(key)):
-                    raise DdalignError(f"{path}: cannot resume: the run's {key} differs from the journal's "
-                                       f"({_first_difference(old.get(key), header.get(key))})")
+                    raise DdalignError(
+                        f"{path}: cannot resume: the run's {key} differs from the journal's "
+                        f"({_first_difference(old.get(key), header.get(key))})"
+                    )
             handle = open(path, "a", encoding="utf-8")
             journal = cls(path, old, lines, handle)
             journal._write({"type": "resume", "at": _now(), "tests_so_far": len(journal.tests())})
@@ -60,7 +67,7 @@ class Journal:
         handle = open(path, "w", encoding="utf-8")
         journal = cls(path, {"type": "header", "started": _now(), "version": __version__, **header}, [], handle)
         journal._write(journal.header)
-        _fsync_dir(path.parent)                 # the new file's directory entry survives a crash too
+        _fsync_dir(path.parent)  # the new file's directory entry survives a crash too
         return journal
 
     def _write(self, line: dict) -> None:
@@ -69,12 +76,30 @@ class Journal:
         os.fsync(self._handle.fileno())
         self.lines.append(line)
 
-    def append_test(self, *, n: int | None = None, level: str, subset: list[str], verdict: str,
-                    metrics: dict | None = None, cost: dict | None = None) -> None:
+    def append_test(
+        self,
+        *,
+        n: int | None = None,
+        level: str,
+        subset: list[str],
+        verdict: str,
+        metrics: dict | None = None,
+        cost: dict | None = None,
+    ) -> None:
         """`n` is the journal's own count (a resumed run continues it); the argument is ignored."""
         n = len(self.tests()) + 1
-        self._write({"type": "test", "n": n, "level": level, "subset": sorted(subset), "verdict": verdict,
-                     "metrics": metrics or {}, "cost": cost or {}, "at": _now()})
+        self._write(
+            {
+                "type": "test",
+                "n": n,
+                "level": level,
+                "subset": sorted(subset),
+                "verdict": verdict,
+                "metrics": metrics or {},
+                "cost": cost or {},
+                "at": _now(),
+            }
+        )
 
     def append_result(self, result: dict) -> None:
         self._write({"type": "result", **result, "at": _now()})
@@ -112,7 +137,7 @@ def read(path, *, repair: bool = False) -> list[dict]:
                 lines.append(json.loads(raw))
                 good_end = min(end, len(data))
             except json.JSONDecodeError:
-                if end < len(data):          # not the last line: the journal is damaged, not torn
+                if end < len(data):  # not the last line: the journal is damaged, not torn
                     raise DdalignError(f"{path}: line {len(lines) + 1} is not valid JSON") from None
                 break
         offset = end
@@ -131,11 +156,11 @@ def read(path, *, repair: bool = False) -> list[dict]:
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:                         # pragma: no cover (platforms without directory fds)
+    except OSError:  # pragma: no cover (platforms without directory fds)
         return
     try:
         os.fsync(fd)
-    except OSError:                         # pragma: no cover
+    except OSError:  # pragma: no cover
         pass
     finally:
         os.close(fd)

@@ -3,6 +3,7 @@
 Kept apart from the run itself so that the run stays a library call (the CLI passes a view,
 tests and other callers pass none).
 """
+
 from __future__ import annotations
 
 import time
@@ -40,8 +41,7 @@ class LiveSearchView:
         self._live: Live | None = None
 
     def __enter__(self) -> "LiveSearchView":
-        self._live = Live(Text("starting ..."), console=self.console, refresh_per_second=4,
-                          transient=False)
+        self._live = Live(Text("starting ..."), console=self.console, refresh_per_second=4, transient=False)
         self._live.__enter__()
         return self
 

@@ -6,6 +6,7 @@ kept) and puts the patch (a hard link where the file system allows, else a copy)
 plots beside it. `ddalign apply ORG/NAME --to ...` and `ddalign.Patch.load("ORG/NAME")` read the
 published repository back.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,9 +51,11 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
         front += ["base_model:", *(f"- {b}" for b in bases)]
     front.append("---")
     models = summary.get("models") or {}
-    labels = (("aligned", "aligned model (the values transplanted)"),
-              ("unaligned", "unaligned model (the base the patch was extracted against)"),
-              ("target", "target (the model searched on)"))
+    labels = (
+        ("aligned", "aligned model (the values transplanted)"),
+        ("unaligned", "unaligned model (the base the patch was extracted against)"),
+        ("target", "target (the model searched on)"),
+    )
     model_rows = [f"- {label}: {model_text(models[role])}" for role, label in labels if models.get(role)]
     if not model_rows:
         model_rows = [f"- target: `{summary.get('target')}`"]
@@ -70,20 +73,33 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
     kept = summary.get("kept") or []
     share = f"{100 * summary['param_share']:.3f}%" if summary.get("param_share") is not None else "-"
     out = front + [
-        "", f"# {name}: a minimal alignment patch (ddalign)", "",
+        "",
+        f"# {name}: a minimal alignment patch (ddalign)",
+        "",
         "A set of parameter blocks from an aligned model that, transplanted into an unaligned sibling "
         "(same architecture, same pretrained base), makes it refuse harmful requests. Found by delta "
         "debugging against a measured oracle with [ddalign](https://arxiv.org/abs/2406.01514) (DAPA). "
-        "The base models' licences apply to the patch: it holds their values.", "",
-        "## Models", "", *model_rows, "",
-        "## Oracle", "", f"- rule: {rule}", f"- judge: {judge_text}",
+        "The base models' licences apply to the patch: it holds their values.",
+        "",
+        "## Models",
+        "",
+        *model_rows,
+        "",
+        "## Oracle",
+        "",
+        f"- rule: {rule}",
+        f"- judge: {judge_text}",
         f"- search sets: {', '.join(f'{k} `{v}`' for k, v in search.items()) or '-'}",
         f"- search: {summary.get('algorithm', '-')} over {', '.join(summary.get('granularity') or []) or '-'}; "
-        f"{summary.get('tests', '-')} oracle tests", "",
-        "## Held-out results (95% Wilson intervals)", "",
-        f"Held-out sets: {', '.join(f'{k} `{v}`' for k, v in heldout.items()) or '-'}; judge: {judge_text}.", "",
+        f"{summary.get('tests', '-')} oracle tests",
+        "",
+        "## Held-out results (95% Wilson intervals)",
+        "",
+        f"Held-out sets: {', '.join(f'{k} `{v}`' for k, v in heldout.items()) or '-'}; judge: {judge_text}.",
+        "",
         "| model | " + " | ".join(f"{label} {arrow}" for _, label, arrow in METRICS) + " |",
-        "|---|" + "---|" * len(METRICS)]
+        "|---|" + "---|" * len(METRICS),
+    ]
     for label, key in (("target before", "before"), ("full transplant", "full"), ("minimal patch", "minimal")):
         cells = (_cell(k, (metrics.get(key) or {}).get(k)) for k, _, _ in METRICS)
         out.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -93,19 +109,35 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
 
         text = heldout_text(check)
         out += ["", text[0].upper() + text[1:] + "."]
-    out += ["", "## Parameters kept", "",
-            f"{len(kept)} component(s), {summary.get('kept_params', 0):,} parameters = {share} of the model "
-            f"({total:,}):", "", *(f"- `{c}`" for c in kept)]
+    out += [
+        "",
+        "## Parameters kept",
+        "",
+        f"{len(kept)} component(s), {summary.get('kept_params', 0):,} parameters = {share} of the model ({total:,}):",
+        "",
+        *(f"- `{c}`" for c in kept),
+    ]
     if plots:
         out += ["", "![search trajectory](trajectory.png)", "", "![kept map](kept_map.png)"]
     patch_file = Path(str(summary.get("patch") or "patch.safetensors")).name
-    out += ["", "## Use", "", "```bash",
-            f"ddalign apply {name} --to YOUR-FINE-TUNE -o patched/      # the unaligned model above, or "
-            "--allow-other-base",
-            f"ddalign evaluate patched/", "```", "", "```python", "import ddalign", "",
-            f'patch = ddalign.Patch.load("{name}")      # or the file {patch_file}',
-            "with ddalign.patched(model, patch):         # a loaded transformers model; restored on exit",
-            "    ...", "```", ""]
+    out += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"ddalign apply {name} --to YOUR-FINE-TUNE -o patched/      # the unaligned model above, or --allow-other-base",
+        "ddalign evaluate patched/",
+        "```",
+        "",
+        "```python",
+        "import ddalign",
+        "",
+        f'patch = ddalign.Patch.load("{name}")      # or the file {patch_file}',
+        "with ddalign.patched(model, patch):         # a loaded transformers model; restored on exit",
+        "    ...",
+        "```",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -140,7 +172,7 @@ def write_model_card(source, folder, *, repo_id: str | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     patch = Path(str(summary.get("patch") or ""))
-    if not patch.is_file() and run_dir is not None:       # the run moved: the patch lies beside OUT.run/
+    if not patch.is_file() and run_dir is not None:  # the run moved: the patch lies beside OUT.run/
         patch = run_dir.with_suffix(".safetensors")
     if patch.is_file():
         _place(patch, folder / patch.name)

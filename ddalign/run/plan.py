@@ -3,6 +3,7 @@ target, the journal opened (or resumed) and the oracle ready to calibrate.
 
 Nothing here searches; `ddalign.run.execute` does, then `ddalign.run.summary` measures and writes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,20 +62,20 @@ class RunPlan:
     paths: RunPaths
     bundle_path: str
     target: str
-    bundle: Any                     # the Patch of the whole bundle
+    bundle: Any  # the Patch of the whole bundle
     arch: Any
-    components: list[str]           # the bundle's components in the searched layers
+    components: list[str]  # the bundle's components in the searched layers
     units: SearchUnits
-    search_sets: dict               # role -> (prompts, source) or None
+    search_sets: dict  # role -> (prompts, source) or None
     eval_sets: dict
     judge: Any
     model: Any
     tokenizer: Any
     dist: Any
-    header: dict                    # the journal header (what a resume must match)
+    header: dict  # the journal header (what a resume must match)
     oracle: Any
-    journal: Any = None             # on the main process only
-    cache: dict = field(default_factory=dict)    # the journal's verdicts (resume)
+    journal: Any = None  # on the main process only
+    cache: dict = field(default_factory=dict)  # the journal's verdicts (resume)
 
     def calibrate(self, say: Say):
         """The oracle's two full measurements (saved: a resume reads them back)."""
@@ -82,14 +83,26 @@ class RunPlan:
         cal = self.oracle.calibrate()
         if self.dist.is_main:
             write_json_atomic(self.paths.calibration, cal.to_dict())
-        say(f"DSR on the search set: target {cal.empty['dsr']['value']:.3f}, full transplant "
-            f"{cal.full['dsr']['value']:.3f}; a candidate passes with >= {cal.need}/{cal.n} refusals")
+        say(
+            f"DSR on the search set: target {cal.empty['dsr']['value']:.3f}, full transplant "
+            f"{cal.full['dsr']['value']:.3f}; a candidate passes with >= {cal.need}/{cal.n} refusals"
+        )
         return cal
 
 
-def plan_run(bundle: str | Path, target: str | Path, out: str | Path, settings: Settings, *, resume: bool,
-             overwrite: bool, allow_other_base: bool, allow_pickle: bool, trust_remote_code: bool,
-             say: Say) -> RunPlan:
+def plan_run(
+    bundle: str | Path,
+    target: str | Path,
+    out: str | Path,
+    settings: Settings,
+    *,
+    resume: bool,
+    overwrite: bool,
+    allow_other_base: bool,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    say: Say,
+) -> RunPlan:
     """Check the inputs, load the bundle and the target once, open the journal, build the oracle."""
     from ddalign.evaluate.distributed import Dist
     from ddalign.evaluate.generate import load_model
@@ -112,15 +125,25 @@ def plan_run(bundle: str | Path, target: str | Path, out: str | Path, settings: 
     judge = settings.make_judge(allow_pickle=allow_pickle)
     say(f"loading the target {target}")
     g = settings.generation
-    model, tokenizer = load_model(target, device=g.device or (str(dist.device) if dist.is_distributed else None),
-                                  dtype=g.dtype, device_map=g.device_map, allow_pickle=allow_pickle,
-                                  trust_remote_code=trust_remote_code)
+    model, tokenizer = load_model(
+        target,
+        device=g.device or (str(dist.device) if dist.is_distributed else None),
+        dtype=g.dtype,
+        device_map=g.device_map,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
 
     effective = settings.to_dict()
     # the bundle by content (a moved bundle still resumes), the target by path
-    header = {"config": effective, "bundle": {"sha256": _bundle_fingerprint(bundle_patch)},
-              "target": str(target), "started": _now(), "version": __version__,
-              "inputs": input_fingerprints(bundle_patch, target, search_sets, eval_sets, allow_pickle=allow_pickle)}
+    header = {
+        "config": effective,
+        "bundle": {"sha256": _bundle_fingerprint(bundle_patch)},
+        "target": str(target),
+        "started": _now(),
+        "version": __version__,
+        "inputs": input_fingerprints(bundle_patch, target, search_sets, eval_sets, allow_pickle=allow_pickle),
+    }
     journal, cache, calibration = None, {}, None
     if dist.is_main:
         from ddalign.run.journal import Journal
@@ -136,13 +159,39 @@ def plan_run(bundle: str | Path, target: str | Path, out: str | Path, settings: 
 
     if search_sets["harmful"] is None:
         raise DdalignError("data.harmful: the search needs harmful prompts")
-    oracle = Oracle(model, tokenizer, bundle_patch, search_sets["harmful"][0],
-                    safe=_prompts(search_sets["safe"]), benign=_prompts(search_sets["benign"]),
-                    judge=judge, config=oracle_config, dist=dist, full=components, calibration=calibration)
-    return RunPlan(settings=settings, paths=paths, bundle_path=str(bundle), target=str(target), bundle=bundle_patch,
-                   arch=arch, components=components, units=units, search_sets=search_sets, eval_sets=eval_sets,
-                   judge=judge, model=model, tokenizer=tokenizer, dist=dist, header=header, oracle=oracle,
-                   journal=journal, cache=cache)
+    oracle = Oracle(
+        model,
+        tokenizer,
+        bundle_patch,
+        search_sets["harmful"][0],
+        safe=_prompts(search_sets["safe"]),
+        benign=_prompts(search_sets["benign"]),
+        judge=judge,
+        config=oracle_config,
+        dist=dist,
+        full=components,
+        calibration=calibration,
+    )
+    return RunPlan(
+        settings=settings,
+        paths=paths,
+        bundle_path=str(bundle),
+        target=str(target),
+        bundle=bundle_patch,
+        arch=arch,
+        components=components,
+        units=units,
+        search_sets=search_sets,
+        eval_sets=eval_sets,
+        judge=judge,
+        model=model,
+        tokenizer=tokenizer,
+        dist=dist,
+        header=header,
+        oracle=oracle,
+        journal=journal,
+        cache=cache,
+    )
 
 
 def _prompts(entry):

@@ -3,6 +3,7 @@
 Inputs: `summary.json` (written by minimise), `journal.jsonl` (one line per oracle test) and
 `config.json`; so a report can be redrawn at any time with `ddalign report RUN_DIR`.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ from ddalign.io.atomic import write_json_atomic
 from ddalign.run.rule import heldout_text, rule_text
 from ddalign.run.summary import RunSummary
 
-METRICS = (("dsr", "defense success rate", "↑"), ("over_refusal", "over-refusal", "↓"),
-           ("perplexity", "perplexity", "↓"), ("benign_accuracy", "benign accuracy", "↑"))
+METRICS = (
+    ("dsr", "defense success rate", "↑"),
+    ("over_refusal", "over-refusal", "↓"),
+    ("perplexity", "perplexity", "↓"),
+    ("benign_accuracy", "benign accuracy", "↑"),
+)
 
 
 @dataclass
@@ -83,41 +88,64 @@ def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
     total = summary.total_params or 0
     share = lambda p: "-" if p is None or not total else f"{100 * p / total:.3f}%"
     metrics = summary.metrics
-    rows = [("target before", metrics.get("before"), 0), ("full transplant", metrics.get("full"), summary.full_params),
-            ("minimal patch", metrics.get("minimal"), summary.kept_params)]
-    out = ["# ddalign minimise report", "",
-           f"- bundle: `{summary.bundle}`", f"- target: `{summary.target}`",
-           *model_lines(summary),
-           f"- patch: `{summary.patch}`",
-           f"- search: {summary.algorithm} over {', '.join(summary.granularity)}; "
-           f"{summary.tests} oracle tests"
-           + (f" ({summary.answered_without_test} more answered from cache or by inference)"
-              if summary.answered_without_test else ""),
-           *filter(None, [oracle_line(summary.oracle or {})]),
-           f"- kept {len(summary.kept)} component(s), {summary.kept_params:,} parameters "
-           f"= {share(summary.kept_params)} of the model ({total:,})", "",
-           "## Held-out metrics (95% Wilson intervals)", "",
-           "| model | " + " | ".join(f"{label} {arrow}" for _, label, arrow in METRICS) + " | params changed |",
-           "|---|" + "---|" * (len(METRICS) + 1)]
+    rows = [
+        ("target before", metrics.get("before"), 0),
+        ("full transplant", metrics.get("full"), summary.full_params),
+        ("minimal patch", metrics.get("minimal"), summary.kept_params),
+    ]
+    out = [
+        "# ddalign minimise report",
+        "",
+        f"- bundle: `{summary.bundle}`",
+        f"- target: `{summary.target}`",
+        *model_lines(summary),
+        f"- patch: `{summary.patch}`",
+        f"- search: {summary.algorithm} over {', '.join(summary.granularity)}; "
+        f"{summary.tests} oracle tests"
+        + (
+            f" ({summary.answered_without_test} more answered from cache or by inference)"
+            if summary.answered_without_test
+            else ""
+        ),
+        *filter(None, [oracle_line(summary.oracle or {})]),
+        f"- kept {len(summary.kept)} component(s), {summary.kept_params:,} parameters "
+        f"= {share(summary.kept_params)} of the model ({total:,})",
+        "",
+        "## Held-out metrics (95% Wilson intervals)",
+        "",
+        "| model | " + " | ".join(f"{label} {arrow}" for _, label, arrow in METRICS) + " | params changed |",
+        "|---|" + "---|" * (len(METRICS) + 1),
+    ]
     for label, m, params in rows:
-        out.append(f"| {label} | " + " | ".join(_cell(k, (m or {}).get(k)) for k, _, _ in METRICS)
-                   + f" | {share(params)} |")
+        out.append(
+            f"| {label} | " + " | ".join(_cell(k, (m or {}).get(k)) for k, _, _ in METRICS) + f" | {share(params)} |"
+        )
     heldout = summary.heldout_check
     if heldout:
         text = heldout_text(heldout)
         out += ["", (text[0].upper() + text[1:]) + "."]
     data = summary.data
     if data:
-        out += ["", "Search sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("search", {}).items()),
-                "Held-out sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("heldout", {}).items())]
+        out += [
+            "",
+            "Search sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("search", {}).items()),
+            "Held-out sets: " + ", ".join(f"{k} `{v}`" for k, v in data.get("heldout", {}).items()),
+        ]
     cost = summary.cost
-    out += ["", "## Cost", "", f"- oracle calls: {cost.get('oracle_calls', '-')}, real tests: {summary.tests}",
-            f"- prompts evaluated: {cost.get('prompts', '-')}, tokens generated: {cost.get('tokens', '-')}, "
-            f"seconds in the oracle: {_number(cost.get('seconds'))}"]
+    out += [
+        "",
+        "## Cost",
+        "",
+        f"- oracle calls: {cost.get('oracle_calls', '-')}, real tests: {summary.tests}",
+        f"- prompts evaluated: {cost.get('prompts', '-')}, tokens generated: {cost.get('tokens', '-')}, "
+        f"seconds in the oracle: {_number(cost.get('seconds'))}",
+    ]
     calibration = cost.get("calibration")
     if isinstance(calibration, dict):
-        out.append(f"- calibration (target before, full transplant): {calibration.get('prompts', '-')} prompts, "
-                   f"{calibration.get('tokens', '-')} tokens, {_number(calibration.get('seconds'))} s")
+        out.append(
+            f"- calibration (target before, full transplant): {calibration.get('prompts', '-')} prompts, "
+            f"{calibration.get('tokens', '-')} tokens, {_number(calibration.get('seconds'))} s"
+        )
     passes = sum(1 for t in tests if t.get("verdict") == "PASS")
     out.append(f"- journal: {len(tests)} tests ({passes} PASS, {len(tests) - passes} FAIL)")
     levels = summary.levels
@@ -125,8 +153,10 @@ def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
         out += ["", "## Levels", "", "| level | units at start | tests | kept | note |", "|---|---|---|---|---|"]
         for lv in levels:
             kept = lv.get("kept", [])
-            out.append(f"| {lv['level']} | {lv.get('items', '-')} | {lv.get('tests', '-')} | {len(kept)} | "
-                       f"{lv.get('skipped') or ''} |")
+            out.append(
+                f"| {lv['level']} | {lv.get('items', '-')} | {lv.get('tests', '-')} | {len(kept)} | "
+                f"{lv.get('skipped') or ''} |"
+            )
     out += ["", "## Kept components", ""] + [f"- `{c}`" for c in summary.kept]
     out += ["", "![search trajectory](trajectory.png)", "", "![kept map](kept_map.png)", ""]
     return "\n".join(out)
@@ -165,17 +195,26 @@ def plot_trajectory(tests: list[dict], path: Path, params_of=None) -> Path:
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    exact = [(x, float(t["metrics"]["dsr"]["value"])) for x, t in zip(xs, tests)
-             if ((t.get("metrics") or {}).get("dsr") or {}).get("value") is not None]
+    exact = [
+        (x, float(t["metrics"]["dsr"]["value"]))
+        for x, t in zip(xs, tests)
+        if ((t.get("metrics") or {}).get("dsr") or {}).get("value") is not None
+    ]
     bounds = [(x, v) for x, t in zip(xs, tests) if (v := _dsr(t)) is not None and (x, v) not in exact]
     if exact or bounds:
         ax2 = ax.twinx()
         if exact:
-            ax2.plot([x for x, _ in exact], [v for _, v in exact], "x", color="tab:blue", markersize=5,
-                     label="DSR")
+            ax2.plot([x for x, _ in exact], [v for _, v in exact], "x", color="tab:blue", markersize=5, label="DSR")
         if bounds:
-            ax2.plot([x for x, _ in bounds], [v for _, v in bounds], "^", color="tab:blue", markersize=4,
-                     fillstyle="none", label="DSR lower bound (stopped early)")
+            ax2.plot(
+                [x for x, _ in bounds],
+                [v for _, v in bounds],
+                "^",
+                color="tab:blue",
+                markersize=4,
+                fillstyle="none",
+                label="DSR lower bound (stopped early)",
+            )
         ax2.set_ylabel("DSR on the search set", color="tab:blue")
         ax2.set_ylim(-0.02, 1.02)
         ax2.legend(loc="upper right", fontsize=7)
@@ -206,8 +245,7 @@ def kept_grid(summary: RunSummary | dict) -> tuple[list[str], list[list[float]]]
     named = {c.unblocked.module for c in full + kept if c.layer is not None and c.module}
     split = {m for m in named if any(o.startswith(m + ".") for o in named)}
     named |= {m for m in arch.get("modules", []) if isinstance(m, str) and any(m.startswith(g + ".") for g in split)}
-    modules = sorted(named - split) \
-        or sorted(m for m in arch.get("modules", []) if isinstance(m, str)) or ["layer"]
+    modules = sorted(named - split) or sorted(m for m in arch.get("modules", []) if isinstance(m, str)) or ["layer"]
     extra = sorted({c.unblocked.name for c in full + kept if c.layer is None})
     grid = [[0.0] * layers for _ in range(len(modules) + len(extra))]
     for c in kept:
@@ -220,8 +258,11 @@ def kept_grid(summary: RunSummary | dict) -> tuple[list[str], list[list[float]]]
             columns = range(layers)
         else:
             # a whole layer ("L3") or a group ("L3.mlp") covers every module row beneath it
-            rows = [i for i, m in enumerate(modules)
-                    if not c.module or m == c.module or m.startswith(c.module + ".") or m == "layer"] or [0]
+            rows = [
+                i
+                for i, m in enumerate(modules)
+                if not c.module or m == c.module or m.startswith(c.module + ".") or m == "layer"
+            ] or [0]
             columns = [c.layer]
         for row in rows:
             for col in columns:
@@ -266,18 +307,33 @@ def write_report(run_dir) -> ReportPaths:
     run_dir = Path(run_dir)
     summary, journal, config = _load(run_dir)
     tests = [x for x in journal if x.get("type") == "test"]
-    paths = ReportPaths(run_dir / "report.md", run_dir / "trajectory.png", run_dir / "kept_map.png",
-                        run_dir / "report.json")
+    paths = ReportPaths(
+        run_dir / "report.md", run_dir / "trajectory.png", run_dir / "kept_map.png", run_dir / "report.json"
+    )
     plot_trajectory(tests, paths.trajectory)
     plot_kept_map(summary, paths.kept_map)
     text = markdown(summary, tests)
     _write_atomic(paths.markdown, text)
-    record = {"summary": summary.to_dict(), "config": config,
-              "trajectory": [{"n": i + 1, "level": t.get("level"), "size": len(t.get("subset", [])),
-                              "verdict": t.get("verdict"), "dsr": _dsr(t), "cost": t.get("cost")}
-                             for i, t in enumerate(tests)],
-              "kept_map": dict(zip(("rows", "share"), kept_grid(summary))),
-              "files": {"markdown": paths.markdown.name, "trajectory": paths.trajectory.name,
-                        "kept_map": paths.kept_map.name}}
+    record = {
+        "summary": summary.to_dict(),
+        "config": config,
+        "trajectory": [
+            {
+                "n": i + 1,
+                "level": t.get("level"),
+                "size": len(t.get("subset", [])),
+                "verdict": t.get("verdict"),
+                "dsr": _dsr(t),
+                "cost": t.get("cost"),
+            }
+            for i, t in enumerate(tests)
+        ],
+        "kept_map": dict(zip(("rows", "share"), kept_grid(summary))),
+        "files": {
+            "markdown": paths.markdown.name,
+            "trajectory": paths.trajectory.name,
+            "kept_map": paths.kept_map.name,
+        },
+    }
     write_json_atomic(paths.json, record)
     return paths

@@ -3,6 +3,7 @@
 Shared by the run (which warns when the held-out check fails), the report and the benchmarks;
 it imports neither of them, so none of them import each other for it.
 """
+
 from __future__ import annotations
 
 from ddalign.evaluate.guards import registered as registered_guards
@@ -35,8 +36,9 @@ def heldout_check(config, metrics: dict) -> dict:
         return {}
     # the target itself, without the search's confidence margin: the margin is how the search
     # aims at the held-out target, not a stricter target
-    config = config.with_(target_confidence=None,
-                          **{g.key: None for g in registered_guards() if not g.measured(metrics)})
+    config = config.with_(
+        target_confidence=None, **{g.key: None for g in registered_guards() if not g.measured(metrics)}
+    )
     passed, criteria = apply_rule(config, metrics["before"], metrics["full"], metrics["minimal"])
     full_passed, _ = apply_rule(config, metrics["before"], metrics["full"], metrics["full"])
     return {"passed": passed, "criteria": criteria, "full_passed": full_passed}
@@ -49,6 +51,10 @@ def heldout_text(check: dict) -> str:
     if check["passed"]:
         return "on the held-out sets the minimal patch meets the oracle's rule too"
     missed = "; ".join(criterion_text(k, v) for k, v in check["criteria"].items() if not v["passed"])
-    why = ("it met the rule on the search's prompts only: search on more prompts (--limit, --harmful, --safe) "
-           "or with stricter bounds" if check["full_passed"] else "so does the full transplant")
+    why = (
+        "it met the rule on the search's prompts only: search on more prompts (--limit, --harmful, --safe) "
+        "or with stricter bounds"
+        if check["full_passed"]
+        else "so does the full transplant"
+    )
     return f"on the held-out sets the minimal patch misses the oracle's rule ({missed}): {why}"

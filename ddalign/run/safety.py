@@ -15,6 +15,7 @@ The target's fingerprint is the sha256 of its config.json, of every weight file'
 tensor would read the whole model once more at every start; the patched tensors are the ones a
 stale verdict depends on most directly, and a replaced model differs in them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,10 @@ def check_run_outputs(paths, *, resume: bool, overwrite: bool, inputs: dict[str,
         raise DdalignError(f"{paths.patch}: is a folder; expected a .safetensors file path")
     check_replaceable(paths.patch, kind="patch", overwrite=overwrite)
     if paths.journal.exists() and not (resume or overwrite):
-        raise DdalignError(f"{paths.journal}: a journal of an earlier run exists; pass --resume to continue "
-                           f"it or --overwrite to start again")
+        raise DdalignError(
+            f"{paths.journal}: a journal of an earlier run exists; pass --resume to continue "
+            f"it or --overwrite to start again"
+        )
     if overwrite and not resume and paths.run_dir.exists():
         check_replaceable(paths.run_dir, kind="run", overwrite=True)
 
@@ -85,12 +88,15 @@ def target_fingerprint(target, tensors, *, allow_pickle: bool = False) -> str:
     return _digest({"config": config, "layout": layout, "content": content})
 
 
-def input_fingerprints(bundle_patch, target, search_sets: dict, eval_sets: dict, *,
-                       allow_pickle: bool = False) -> dict[str, str | None]:
+def input_fingerprints(
+    bundle_patch, target, search_sets: dict, eval_sets: dict, *, allow_pickle: bool = False
+) -> dict[str, str | None]:
     """The journal header's `inputs`: what a resume must find unchanged, by a name users read."""
     text = json.dumps(bundle_patch.manifest, sort_keys=True, default=str)
-    out = {"bundle": hashlib.sha256(text.encode()).hexdigest(),
-           "target checkpoint": target_fingerprint(target, bundle_patch.tensors(), allow_pickle=allow_pickle)}
+    out = {
+        "bundle": hashlib.sha256(text.encode()).hexdigest(),
+        "target checkpoint": target_fingerprint(target, bundle_patch.tensors(), allow_pickle=allow_pickle),
+    }
     for kind, sets in (("search", search_sets), ("held-out", eval_sets)):
         for role in ROLES:
             out[f"{kind} {role} prompts"] = prompts_fingerprint(sets.get(role))

@@ -1,6 +1,7 @@
 """A minimise run's summary: the kept components, the held-out numbers of before / full
 transplant / minimal patch, the cost, as one typed record. `summary.json` is its `to_dict()`;
 the report, the demo, the CLI tables and the benchmarks read it (`RunSummary.load`)."""
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,13 @@ class RunSummary:
 
     bundle: str = ""
     target: str = ""
-    models: dict = field(default_factory=dict)          # role -> path, and Hub id with its commit
+    models: dict = field(default_factory=dict)  # role -> path, and Hub id with its commit
     algorithm: str = ""
     granularity: list[str] = field(default_factory=list)
-    oracle: dict = field(default_factory=dict)          # the oracle's settings and calibration counts
-    architecture: dict = field(default_factory=dict)    # family, num_layers, modules
+    oracle: dict = field(default_factory=dict)  # the oracle's settings and calibration counts
+    architecture: dict = field(default_factory=dict)  # family, num_layers, modules
     total_params: int = 0
-    metrics: dict = field(default_factory=dict)         # "before" / "full" / "minimal" -> held-out metrics
+    metrics: dict = field(default_factory=dict)  # "before" / "full" / "minimal" -> held-out metrics
     kept: list[str] = field(default_factory=list)
     kept_params: int = 0
     param_share: float = 0.0
@@ -34,11 +35,11 @@ class RunSummary:
     answered_without_test: int = 0
     cost: dict = field(default_factory=dict)
     levels: list[dict] = field(default_factory=list)
-    data: dict = field(default_factory=dict)            # "search" / "heldout" -> role -> source
+    data: dict = field(default_factory=dict)  # "search" / "heldout" -> role -> source
     heldout_check: dict = field(default_factory=dict)
     patch: str = ""
-    extents: dict = field(default_factory=dict)         # module -> rows, for the modules blocks were cut from
-    run_dir: Path | None = field(default=None, compare=False)    # where it was read or written; not saved
+    extents: dict = field(default_factory=dict)  # module -> rows, for the modules blocks were cut from
+    run_dir: Path | None = field(default=None, compare=False)  # where it was read or written; not saved
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -92,14 +93,25 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
     full_patch = plan.bundle.restrict(components) if len(components) < len(plan.bundle.components()) else plan.bundle
     say(f"search done: {len(kept)} component(s) kept after {tests} oracle tests; measuring on held-out sets")
     g = settings.generation
-    gen = GenerationConfig(max_new_tokens=g.eval_max_new_tokens, batch_size=g.batch_size, template=g.template,
-                           max_prompt_tokens=g.max_prompt_tokens)
+    gen = GenerationConfig(
+        max_new_tokens=g.eval_max_new_tokens,
+        batch_size=g.batch_size,
+        template=g.template,
+        max_prompt_tokens=g.max_prompt_tokens,
+    )
     metrics = {}
     for name, patch in (("before", None), ("full", full_patch), ("minimal", minimal_patch)):
-        record = evaluate_model(plan.model, tokenizer=plan.tokenizer, patch=patch,
-                                harmful=_prompts(plan.eval_sets["harmful"]), safe=_prompts(plan.eval_sets["safe"]),
-                                benign=_prompts(plan.eval_sets["benign"]), judge=plan.judge, config=gen,
-                                accuracy_match=settings.judge.accuracy_match)
+        record = evaluate_model(
+            plan.model,
+            tokenizer=plan.tokenizer,
+            patch=patch,
+            harmful=_prompts(plan.eval_sets["harmful"]),
+            safe=_prompts(plan.eval_sets["safe"]),
+            benign=_prompts(plan.eval_sets["benign"]),
+            judge=plan.judge,
+            config=gen,
+            accuracy_match=settings.judge.accuracy_match,
+        )
         metrics[name] = record.to_dict()["metrics"]
     heldout = heldout_check(oracle.config, metrics)
     if heldout and not heldout["passed"]:
@@ -108,36 +120,88 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
     total = arch.total_params()
     kept_params = sum(arch.param_count(c) for c in kept)
     full_params = sum(arch.param_count(c) for c in components)
-    levels = [{"level": lv.name, "items": lv.items, "kept": units.concrete(lv.minimal), "tests": lv.tests,
-               "skipped": lv.skipped} for lv in result.levels]
+    levels = [
+        {
+            "level": lv.name,
+            "items": lv.items,
+            "kept": units.concrete(lv.minimal),
+            "tests": lv.tests,
+            "skipped": lv.skipped,
+        }
+        for lv in result.levels
+    ]
     cost = {**oracle.total_cost, "calibration": calibration.cost, "oracle_calls": oracle.calls}
     s = settings.search
-    models = run_models(plan.bundle.manifest, plan.target)      # paths, and Hub ids with their commits
-    data = {"search": {r: v[1] for r, v in plan.search_sets.items() if v},
-            "heldout": {r: v[1] for r, v in plan.eval_sets.items() if v}}
+    models = run_models(plan.bundle.manifest, plan.target)  # paths, and Hub ids with their commits
+    data = {
+        "search": {r: v[1] for r, v in plan.search_sets.items() if v},
+        "heldout": {r: v[1] for r, v in plan.eval_sets.items() if v},
+    }
     param_share = kept_params / total if total else 0.0
     answered = result.cached + result.inferred
-    search_info = {"algorithm": s.algorithm, "granularity": list(s.granularity), "block_size": s.block_size,
-                   "assume_monotone": s.assume_monotone, "layers": s.layers, "oracle": oracle.describe(),
-                   "data": data, "tests": tests, "resumed_from_journal": from_journal,
-                   "answered_without_test": answered, "levels": levels, "cost": cost,
-                   "bundle": {"path": plan.bundle_path, **plan.header["bundle"]}, "target": plan.target, "models": models,
-                   "metrics": metrics["minimal"], "kept_params": kept_params, "total_params": total,
-                   "param_share": param_share, "created": _now()}
+    search_info = {
+        "algorithm": s.algorithm,
+        "granularity": list(s.granularity),
+        "block_size": s.block_size,
+        "assume_monotone": s.assume_monotone,
+        "layers": s.layers,
+        "oracle": oracle.describe(),
+        "data": data,
+        "tests": tests,
+        "resumed_from_journal": from_journal,
+        "answered_without_test": answered,
+        "levels": levels,
+        "cost": cost,
+        "bundle": {"path": plan.bundle_path, **plan.header["bundle"]},
+        "target": plan.target,
+        "models": models,
+        "metrics": metrics["minimal"],
+        "kept_params": kept_params,
+        "total_params": total,
+        "param_share": param_share,
+        "created": _now(),
+    }
     summary = RunSummary(
-        bundle=plan.bundle_path, target=plan.target, models=models, algorithm=s.algorithm, granularity=list(s.granularity),
+        bundle=plan.bundle_path,
+        target=plan.target,
+        models=models,
+        algorithm=s.algorithm,
+        granularity=list(s.granularity),
         oracle=search_info["oracle"],
-        architecture={"family": arch.family, "num_layers": arch.num_layers,
-                      "modules": sorted({m for layer in range(arch.num_layers) for m in arch.modules(layer)})},
-        total_params=total, metrics=metrics, kept=kept, kept_params=kept_params, param_share=param_share,
-        full_params=full_params, full_components=components, tests=tests, answered_without_test=answered,
-        cost=cost, levels=levels, data=data, heldout_check=heldout, patch=str(plan.paths.patch),
-        extents=_extents(arch, kept), run_dir=plan.paths.run_dir)
+        architecture={
+            "family": arch.family,
+            "num_layers": arch.num_layers,
+            "modules": sorted({m for layer in range(arch.num_layers) for m in arch.modules(layer)}),
+        },
+        total_params=total,
+        metrics=metrics,
+        kept=kept,
+        kept_params=kept_params,
+        param_share=param_share,
+        full_params=full_params,
+        full_components=components,
+        tests=tests,
+        answered_without_test=answered,
+        cost=cost,
+        levels=levels,
+        data=data,
+        heldout_check=heldout,
+        patch=str(plan.paths.patch),
+        extents=_extents(arch, kept),
+        run_dir=plan.paths.run_dir,
+    )
     return summary, minimal_patch, search_info
 
 
-def write_outputs(plan, summary: RunSummary, minimal_patch, search_info: dict, *, report: bool,
-                  say: Callable[[str], None] = lambda text: None) -> None:
+def write_outputs(
+    plan,
+    summary: RunSummary,
+    minimal_patch,
+    search_info: dict,
+    *,
+    report: bool,
+    say: Callable[[str], None] = lambda text: None,
+) -> None:
     """The patch (with its search record), summary.json, the journal's result line and the report."""
     from ddalign.io.atomic import write_json_atomic
 
@@ -146,18 +210,25 @@ def write_outputs(plan, summary: RunSummary, minimal_patch, search_info: dict, *
     minimal_patch.manifest = {**minimal_patch.manifest, "kind": "patch", "search": search_info}
     from ddalign.io.outputs import output_lock
 
-    with output_lock(plan.paths.patch, say=say):      # clears a killed save's temporaries, says so
+    with output_lock(plan.paths.patch, say=say):  # clears a killed save's temporaries, says so
         minimal_patch.save(plan.paths.patch)
     write_json_atomic(plan.paths.summary, summary.to_dict())
-    plan.journal.append_result({"outcome": "minimal", "kept": summary.kept, "tests": summary.tests,
-                                "kept_params": summary.kept_params, "param_share": summary.param_share})
+    plan.journal.append_result(
+        {
+            "outcome": "minimal",
+            "kept": summary.kept,
+            "tests": summary.tests,
+            "kept_params": summary.kept_params,
+            "param_share": summary.param_share,
+        }
+    )
     plan.journal.close()
     if report:
         from ddalign.run.model_card import write_model_card
         from ddalign.run.report import write_report
 
         write_report(plan.paths.run_dir)
-        write_model_card(plan.paths.run_dir, plan.paths.patch.with_suffix(".hub"))    # a folder to publish as is
+        write_model_card(plan.paths.run_dir, plan.paths.patch.with_suffix(".hub"))  # a folder to publish as is
 
 
 def _extents(arch, kept: list[str]) -> dict[str, int | None]:

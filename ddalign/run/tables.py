@@ -3,12 +3,17 @@
 Input is the evaluator's JSON metrics dict (`EvaluationRecord.to_dict()["metrics"]`), so a table
 can be drawn from a saved summary as well as from a live run.
 """
+
 from __future__ import annotations
 
 from rich.table import Table
 
-COLUMNS = (("dsr", "DSR ↑"), ("over_refusal", "over-refusal ↓"), ("perplexity", "perplexity ↓"),
-           ("benign_accuracy", "benign acc ↑"))
+COLUMNS = (
+    ("dsr", "DSR ↑"),
+    ("over_refusal", "over-refusal ↓"),
+    ("perplexity", "perplexity ↓"),
+    ("benign_accuracy", "benign acc ↑"),
+)
 
 
 def format_metric(name: str, metric: dict | None) -> str:
@@ -32,8 +37,11 @@ def comparison_table(rows: dict[str, dict], *, title: str | None = None) -> Tabl
     for label, row in rows.items():
         metrics = row.get("metrics") or {}
         share = row.get("param_share")
-        table.add_row(label, *(format_metric(key, metrics.get(key)) for key, _ in COLUMNS),
-                      "-" if share is None else f"{100 * share:.2f}%")
+        table.add_row(
+            label,
+            *(format_metric(key, metrics.get(key)) for key, _ in COLUMNS),
+            "-" if share is None else f"{100 * share:.2f}%",
+        )
     ns = {key: (rows and next(iter(rows.values())).get("metrics", {}).get(key) or {}).get("n") for key, _ in COLUMNS}
     table.caption = "95% Wilson intervals; n = " + ", ".join(f"{k} {n}" for k, n in ns.items() if n)
     return table
@@ -53,7 +61,8 @@ def summary_table(summary) -> Table:
     table = comparison_table(rows, title=f"held-out sets: {summary.target}")
     table.caption += f"; {summary.tests} oracle tests, {len(summary.kept)} component(s) kept"
     hubs = {role: m["hub"] for role, m in (summary.models or {}).items() if (m or {}).get("hub")}
-    if hubs:                # models given by Hub id: which commit the run used
-        table.caption += "\n" + "; ".join(f"{role} {h['repo_id']}@{str(h.get('commit'))[:12]}"
-                                           for role, h in hubs.items())
+    if hubs:  # models given by Hub id: which commit the run used
+        table.caption += "\n" + "; ".join(
+            f"{role} {h['repo_id']}@{str(h.get('commit'))[:12]}" for role, h in hubs.items()
+        )
     return table

@@ -1,9 +1,11 @@
 """The search's items over a bundle: layers, modules and row blocks, and their prior."""
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
+
 
 @dataclass
 class SearchUnits:
@@ -98,7 +100,7 @@ class SearchUnits:
             parent = next((c for c in self.components if c != item and self.arch.covers(c, item)), None)
             if parent is not None:
                 share = self.arch.param_count(item) / max(1, self.arch.param_count(parent))
-                return float(norms.get(parent, 0.0)) * share ** 0.5
+                return float(norms.get(parent, 0.0)) * share**0.5
             return 0.0
 
         return weight

@@ -24,15 +24,24 @@ everything here serves fewer calls:
 Modules: `core` (verdicts, records, results, the oracle session), `ddmin`, `probdd`,
 `hierarchical`.
 """
+
 from __future__ import annotations
 
-from ddalign.search.core import (LevelResult, SearchError, SearchResult, TestRecord, Verdict,
-                                 is_one_minimal)
+from ddalign.search.core import LevelResult, SearchError, SearchResult, TestRecord, Verdict, is_one_minimal
 from ddalign.search.ddmin import ddmin
 from ddalign.search.hierarchical import ALGORITHMS, LEVEL_ALGORITHMS, hierarchical
 from ddalign.search.probdd import probdd
 
 __all__ = [
-    "Verdict", "SearchError", "TestRecord", "LevelResult", "SearchResult",
-    "ddmin", "probdd", "hierarchical", "is_one_minimal", "ALGORITHMS", "LEVEL_ALGORITHMS",
+    "Verdict",
+    "SearchError",
+    "TestRecord",
+    "LevelResult",
+    "SearchResult",
+    "ddmin",
+    "probdd",
+    "hierarchical",
+    "is_one_minimal",
+    "ALGORITHMS",
+    "LEVEL_ALGORITHMS",
 ]

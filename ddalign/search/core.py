@@ -4,6 +4,7 @@ The session caches verdicts by `frozenset(subset)` (or by `key(subset)`), so a s
 tested twice and a cache pre-filled from a journal makes a resumed search free; with
 `assume_monotone=True` it infers verdicts implied by known ones instead of testing them.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,7 @@ class TestRecord:
     subset: tuple
     verdict: Verdict
     source: str
-    key: Hashable = field(default=None, compare=False, repr=False)   # the cache key
+    key: Hashable = field(default=None, compare=False, repr=False)  # the cache key
 
     @property
     def cached(self) -> bool:
@@ -123,9 +124,16 @@ def _verdict(value: Any, where: str) -> Verdict:
 class _Session:
     """The oracle as the algorithms see it: cache, monotone inference, trace, hooks."""
 
-    def __init__(self, test: Test, *, cache: Mapping | None, assume_monotone: bool,
-                 on_test: OnTest | None, progress: Progress | None,
-                 key: Key | None = None) -> None:
+    def __init__(
+        self,
+        test: Test,
+        *,
+        cache: Mapping | None,
+        assume_monotone: bool,
+        on_test: OnTest | None,
+        progress: Progress | None,
+        key: Key | None = None,
+    ) -> None:
         self.test = test
         self.key = key or frozenset
         self.cache: dict[Hashable, Verdict] = {}
@@ -139,8 +147,8 @@ class _Session:
         self.trace: list[TestRecord] = []
         # Monotone store as bit masks over items: subset checks are then single big-int ops.
         self._bit: dict[Hashable, int] = {}
-        self._passing: list[int] = []   # minimal known passing sets
-        self._failing: list[int] = []   # maximal known failing sets
+        self._passing: list[int] = []  # minimal known passing sets
+        self._failing: list[int] = []  # maximal known failing sets
 
     def _mask(self, subset: Iterable) -> int:
         mask = 0
@@ -198,11 +206,16 @@ class _Session:
     def check_bounds(self, items: list, level: str) -> None:
         """The full set must pass and the empty set fail, or there is nothing to search."""
         if self.ask(items, level) is Verdict.FAIL:
-            raise SearchError(f"even the full set of {len(items)} components does not pass the "
-                              "oracle: the transplant cannot reach the target", "never-safe")
+            raise SearchError(
+                f"even the full set of {len(items)} components does not pass the "
+                "oracle: the transplant cannot reach the target",
+                "never-safe",
+            )
         if self.ask([], level) is Verdict.PASS:
-            raise SearchError("the empty set already passes the oracle: the target is already "
-                              "safe without any transplant", "already-safe")
+            raise SearchError(
+                "the empty set already passes the oracle: the target is already safe without any transplant",
+                "already-safe",
+            )
 
 
 def _unique(items: Iterable) -> list:
@@ -223,17 +236,24 @@ def _prior_fn(prior: Prior) -> Callable[[Any], float]:
     return lambda item: float(prior.get(item, 0.0))
 
 
-def _flat(core: Callable[[_Session, list, str], list], items: Iterable, test: Test, *,
-          assume_monotone: bool, cache: Mapping | None, on_test: OnTest | None,
-          progress: Progress | None, level: str, key: Key | None) -> SearchResult:
+def _flat(
+    core: Callable[[_Session, list, str], list],
+    items: Iterable,
+    test: Test,
+    *,
+    assume_monotone: bool,
+    cache: Mapping | None,
+    on_test: OnTest | None,
+    progress: Progress | None,
+    level: str,
+    key: Key | None,
+) -> SearchResult:
     items = _unique(items)
-    session = _Session(test, cache=cache, assume_monotone=assume_monotone, on_test=on_test,
-                       progress=progress, key=key)
+    session = _Session(test, cache=cache, assume_monotone=assume_monotone, on_test=on_test, progress=progress, key=key)
     session.check_bounds(items, level)
     minimal = core(session, items, level)
     tests = session.tests
-    return SearchResult(minimal, tests, session.trace,
-                        [LevelResult(level, len(items), list(minimal), tests)])
+    return SearchResult(minimal, tests, session.trace, [LevelResult(level, len(items), list(minimal), tests)])
 
 
 def is_one_minimal(subset: Sequence, test: Test) -> bool:
@@ -241,5 +261,4 @@ def is_one_minimal(subset: Sequence, test: Test) -> bool:
     subset = list(subset)
     if _verdict(test(subset), "test") is not Verdict.PASS:
         return False
-    return all(_verdict(test([y for y in subset if y != x]), "test") is Verdict.FAIL
-               for x in subset)
+    return all(_verdict(test([y for y in subset if y != x]), "test") is Verdict.FAIL for x in subset)

@@ -1,4 +1,5 @@
 """ddmin (Zeller and Hildebrandt 2002), the reference: subsets, then complements; O(n^2) tests."""
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -28,7 +29,7 @@ def _ddmin_core(session: _Session, items: list, level: str) -> list:
             if session.ask(chunk, level) is Verdict.PASS:
                 current, n, reduced = chunk, 2, True
                 break
-        if not reduced and n > 2:   # with two chunks the complements are the chunks
+        if not reduced and n > 2:  # with two chunks the complements are the chunks
             for i in range(len(chunks)):
                 complement = [x for j, chunk in enumerate(chunks) if j != i for x in chunk]
                 session.estimate(n - i + len(current))
@@ -43,13 +44,29 @@ def _ddmin_core(session: _Session, items: list, level: str) -> list:
     return current
 
 
-def ddmin(items: Iterable, test: Test, *, assume_monotone: bool = False,
-          cache: Mapping | None = None, on_test: OnTest | None = None,
-          progress: Progress | None = None, level: str = "flat",
-          key: Key | None = None) -> SearchResult:
+def ddmin(
+    items: Iterable,
+    test: Test,
+    *,
+    assume_monotone: bool = False,
+    cache: Mapping | None = None,
+    on_test: OnTest | None = None,
+    progress: Progress | None = None,
+    level: str = "flat",
+    key: Key | None = None,
+) -> SearchResult:
     """The reference: a 1-minimal passing subset by ddmin (subsets, then complements).
 
     O(n^2) tests in the worst case; keeps the items' order and splits it into contiguous chunks.
     """
-    return _flat(_ddmin_core, items, test, assume_monotone=assume_monotone, cache=cache,
-                 on_test=on_test, progress=progress, level=level, key=key)
+    return _flat(
+        _ddmin_core,
+        items,
+        test,
+        assume_monotone=assume_monotone,
+        cache=cache,
+        on_test=on_test,
+        progress=progress,
+        level=level,
+        key=key,
+    )

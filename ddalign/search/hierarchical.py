@@ -1,11 +1,23 @@
 """Hierarchical delta debugging: coarse units first (layers), then the children of the kept ones."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ddalign.errors import DdalignError
-from ddalign.search.core import (Key, LevelResult, OnTest, Prior, Progress, SearchResult, Test, Verdict,
-                                 _prior_fn, _Session, _unique)
+from ddalign.search.core import (
+    Key,
+    LevelResult,
+    OnTest,
+    Prior,
+    Progress,
+    SearchResult,
+    Test,
+    Verdict,
+    _prior_fn,
+    _Session,
+    _unique,
+)
 from ddalign.search.ddmin import _ddmin_core
 from ddalign.search.probdd import _default_p0, _probdd_core
 
@@ -14,11 +26,21 @@ ALGORITHMS = ("hierarchical", "probdd", "ddmin")
 LEVEL_ALGORITHMS = ("probdd", "ddmin")
 
 
-def hierarchical(items: Iterable, test: Test, *, expanders: Sequence[Callable[[Any], list]],
-                 algorithm: str = "probdd", prior: Prior = None, p0: float | None = None,
-                 levels: Sequence[str] | None = None, assume_monotone: bool = False,
-                 cache: Mapping | None = None, on_test: OnTest | None = None,
-                 progress: Progress | None = None, key: Key | None = None) -> SearchResult:
+def hierarchical(
+    items: Iterable,
+    test: Test,
+    *,
+    expanders: Sequence[Callable[[Any], list]],
+    algorithm: str = "probdd",
+    prior: Prior = None,
+    p0: float | None = None,
+    levels: Sequence[str] | None = None,
+    assume_monotone: bool = False,
+    cache: Mapping | None = None,
+    on_test: OnTest | None = None,
+    progress: Progress | None = None,
+    key: Key | None = None,
+) -> SearchResult:
     """Search coarse units first, then the children of the kept ones, level by level.
 
     items: the first level's units (e.g. layers). expanders[i] maps one kept unit of level i to
@@ -35,25 +57,21 @@ def hierarchical(items: Iterable, test: Test, *, expanders: Sequence[Callable[[A
     content as the previous level's result, is not tested again.
     """
     if algorithm not in LEVEL_ALGORITHMS:
-        raise DdalignError(f"search algorithm: expected one of {', '.join(LEVEL_ALGORITHMS)}, "
-                           f"got {algorithm!r}")
+        raise DdalignError(f"search algorithm: expected one of {', '.join(LEVEL_ALGORITHMS)}, got {algorithm!r}")
     expanders = list(expanders)
     count = len(expanders) + 1
     if levels is None:
         levels = ("layer", "module", "block") if count == 3 else tuple(f"level{i}" for i in range(count))
     levels = list(levels)
     if len(levels) != count:
-        raise DdalignError(f"hierarchical levels: expected {count} names (one per level), "
-                           f"got {len(levels)}")
+        raise DdalignError(f"hierarchical levels: expected {count} names (one per level), got {len(levels)}")
     weights = _prior_fn(prior)
-    session = _Session(test, cache=cache, assume_monotone=assume_monotone, on_test=on_test,
-                       progress=progress, key=key)
+    session = _Session(test, cache=cache, assume_monotone=assume_monotone, on_test=on_test, progress=progress, key=key)
 
     def run(units: list, level: str) -> list:
         if algorithm == "ddmin":
             return _ddmin_core(session, units, level)
-        return _probdd_core(session, units, level, weights,
-                            p0 if p0 is not None else _default_p0(len(units)))
+        return _probdd_core(session, units, level, weights, p0 if p0 is not None else _default_p0(len(units)))
 
     units = _unique(items)
     before = session.tests
@@ -64,16 +82,22 @@ def hierarchical(items: Iterable, test: Test, *, expanders: Sequence[Callable[[A
         before = session.tests
         children: list = []
         seen: set = set()
-        for unit in current:     # a unit without children stays as it is
+        for unit in current:  # a unit without children stays as it is
             for child in list(expander(unit)) or [unit]:
                 if child not in seen:
                     seen.add(child)
                     children.append(child)
         if session.ask(children, level) is Verdict.FAIL:
-            results.append(LevelResult(level, len(children), list(current),
-                                       session.tests - before,
-                                       skipped=f"the {len(children)} units expanded from the "
-                                               f"kept {levels[len(results) - 1]} units do not pass"))
+            results.append(
+                LevelResult(
+                    level,
+                    len(children),
+                    list(current),
+                    session.tests - before,
+                    skipped=f"the {len(children)} units expanded from the "
+                    f"kept {levels[len(results) - 1]} units do not pass",
+                )
+            )
             continue
         current = run(children, level)
         results.append(LevelResult(level, len(children), list(current), session.tests - before))

@@ -1,20 +1,30 @@
 """Probabilistic delta debugging (ProbDD, Wang et al. FSE 2021), guided by a prior, then a 1-minimal pass."""
+
 from __future__ import annotations
 
 import math
 from typing import Any, Callable, Iterable, Mapping
 
 from ddalign.errors import DdalignError
-from ddalign.search.core import (Key, OnTest, Prior, Progress, SearchResult, Test, Verdict, _flat, _prior_fn,
-                                 _Session, _unique)
-
+from ddalign.search.core import (
+    Key,
+    OnTest,
+    Prior,
+    Progress,
+    SearchResult,
+    Test,
+    Verdict,
+    _flat,
+    _prior_fn,
+    _Session,
+    _unique,
+)
 
 # An item is taken as needed once its probability is this close to 1.
 _CERTAIN = 1.0 - 1e-9
 
 
-def _probdd_core(session: _Session, items: list, level: str, prior: Callable[[Any], float],
-                 p0: float) -> list:
+def _probdd_core(session: _Session, items: list, level: str, prior: Callable[[Any], float], p0: float) -> list:
     """ProbDD on a passing `items`, then a pass that makes the result 1-minimal.
 
     ProbDD (Wang et al., FSE 2021): every item has a probability of being needed; remove the
@@ -40,12 +50,13 @@ def _probdd_core(session: _Session, items: list, level: str, prior: Callable[[An
     ranked = sorted(weight.values())
     median = ranked[len(ranked) // 2] if ranked else 0.0
     scale = {item: max(1.0, weight[item] / median) if median > 0 else 1.0 for item in items}
-    log_odds = 0.0                # log P(prior informative | answers) / P(not | answers)
+    log_odds = 0.0  # log P(prior informative | answers) / P(not | answers)
 
     def density(x, base: float, informative: bool) -> float:
         return 1.0 - (1.0 - base) ** scale[x] if informative else base
-    raised: set = set()           # items whose probability a failing test has raised
-    alpha, beta = 1.0, 1.0 / p0 - 1.0      # Beta prior on the density, mean p0
+
+    raised: set = set()  # items whose probability a failing test has raised
+    alpha, beta = 1.0, 1.0 / p0 - 1.0  # Beta prior on the density, mean p0
     removed = fails = 0
     current = list(items)
     while True:
@@ -59,8 +70,11 @@ def _probdd_core(session: _Session, items: list, level: str, prior: Callable[[An
             if x not in raised:
                 # (the mix equals base when scale is 1; taking base itself keeps a search
                 # without a prior bit for bit what it was: float noise would reorder ties)
-                p[x] = base if scale[x] == 1.0 else (
-                    trust * density(x, base, True) + (1.0 - trust) * density(x, base, False))
+                p[x] = (
+                    base
+                    if scale[x] == 1.0
+                    else (trust * density(x, base, True) + (1.0 - trust) * density(x, base, False))
+                )
         uncertain = [x for x in current if p[x] < _CERTAIN]
         if not uncertain:
             break
@@ -75,8 +89,11 @@ def _probdd_core(session: _Session, items: list, level: str, prior: Callable[[An
         group = set(uncertain[:best_k])
         candidate = [x for x in current if x not in group]
         expected = sum(p[x] for x in uncertain)
-        session.estimate(max(1.0, expected) * (1 + math.log2(1 + len(uncertain) / max(1.0, expected)))
-                         + len(current) - len(uncertain))
+        session.estimate(
+            max(1.0, expected) * (1 + math.log2(1 + len(uncertain) / max(1.0, expected)))
+            + len(current)
+            - len(uncertain)
+        )
         verdict = session.ask(candidate, level)
         likelihood = []
         for informative in (True, False):
@@ -131,10 +148,19 @@ def _default_p0(n: int) -> float:
     return min(0.5, 0.5 / math.sqrt(max(n, 1)))
 
 
-def probdd(items: Iterable, test: Test, *, prior: Prior = None, p0: float | None = None,
-           assume_monotone: bool = False, cache: Mapping | None = None,
-           on_test: OnTest | None = None, progress: Progress | None = None,
-           level: str = "flat", key: Key | None = None) -> SearchResult:
+def probdd(
+    items: Iterable,
+    test: Test,
+    *,
+    prior: Prior = None,
+    p0: float | None = None,
+    assume_monotone: bool = False,
+    cache: Mapping | None = None,
+    on_test: OnTest | None = None,
+    progress: Progress | None = None,
+    level: str = "flat",
+    key: Key | None = None,
+) -> SearchResult:
     """A 1-minimal passing subset by probabilistic delta debugging (ProbDD) + a 1-minimal pass.
 
     prior: item -> weight (dict or function; larger = more likely needed, e.g. delta norms);
@@ -153,5 +179,14 @@ def probdd(items: Iterable, test: Test, *, prior: Prior = None, p0: float | None
     def core(session: _Session, its: list, lvl: str) -> list:
         return _probdd_core(session, its, lvl, weights, p0)
 
-    return _flat(core, items_list, test, assume_monotone=assume_monotone, cache=cache,
-                 on_test=on_test, progress=progress, level=level, key=key)
+    return _flat(
+        core,
+        items_list,
+        test,
+        assume_monotone=assume_monotone,
+        cache=cache,
+        on_test=on_test,
+        progress=progress,
+        level=level,
+        key=key,
+    )

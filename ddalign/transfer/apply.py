@@ -1,24 +1,21 @@
 """Applying a patch: to a loaded model (for good, reversibly, or swapped in place for the oracle)
 and to a checkpoint folder (streamed, tensor by tensor; every other tensor byte-identical)."""
+
 from __future__ import annotations
 
-import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
 
-from ddalign.architectures import ArchitectureMap, Component, TensorSlice
 from ddalign.errors import DdalignError
-from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_checkpoint, write_safetensors
-from ddalign.io.patch import Patch, PatchEntry, select_components, _sub
+from ddalign.io.checkpoint import Checkpoint, TensorSpec, write_checkpoint
+from ddalign.io.patch import Patch, PatchEntry, select_components
 from ddalign.io.verify import verify_patch
 from ddalign.transfer.modes import TRANSPLANT, resolve_mode, write_entries, write_entry
-
 
 # --- a loaded model ---------------------------------------------------------------------------
 
@@ -27,7 +24,7 @@ _PREFIXES = ("", "model.", "transformer.", "gpt_neox.")
 
 def _param_table(model) -> dict[str, torch.Tensor]:
     table = dict(model.state_dict(keep_vars=True))
-    table["__renamings__"] = _renamings(model)       # type: ignore[assignment]
+    table["__renamings__"] = _renamings(model)  # type: ignore[assignment]
     return table
 
 
@@ -36,9 +33,13 @@ def _renamings(model) -> list[tuple[str, str]]:
     try:
         from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
 
-        return [(src, dst) for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)
-                for src, dst in zip(t.source_patterns, t.target_patterns)]
-    except Exception:        # older transformers: no mapping module; the prefixes below still apply
+        return [
+            (src, dst)
+            for t in get_model_conversion_mapping(model)
+            if isinstance(t, WeightRenaming)
+            for src, dst in zip(t.source_patterns, t.target_patterns)
+        ]
+    except Exception:  # older transformers: no mapping module; the prefixes below still apply
         return []
 
 
@@ -46,14 +47,14 @@ def _find_param(table: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     if name in table:
         return table[name]
     for strip in _PREFIXES[1:]:
-        if name.startswith(strip) and name[len(strip):] in table:
-            return table[name[len(strip):]]
+        if name.startswith(strip) and name[len(strip) :] in table:
+            return table[name[len(strip) :]]
     for add in _PREFIXES[1:]:
         if add + name in table:
             return table[add + name]
     import re
 
-    for src, dst in table.get("__renamings__", []):         # type: ignore[union-attr]
+    for src, dst in table.get("__renamings__", []):  # type: ignore[union-attr]
         renamed = re.sub(src, dst, name)
         if renamed != name and renamed in table:
             return table[renamed]
@@ -63,8 +64,10 @@ def _find_param(table: dict[str, torch.Tensor], name: str) -> torch.Tensor:
 def _check_shape(param: torch.Tensor, entry: PatchEntry) -> None:
     expected = entry.slice.shape(tuple(param.shape))
     if tuple(entry.values.shape) != expected:
-        raise DdalignError(f"patch tensor {entry.slice.tensor} ({entry.component}): values {list(entry.values.shape)}, "
-                           f"the model's slice is {list(expected)}")
+        raise DdalignError(
+            f"patch tensor {entry.slice.tensor} ({entry.component}): values {list(entry.values.shape)}, "
+            f"the model's slice is {list(expected)}"
+        )
 
 
 def apply_patch(model, patch: Patch, *, mode: str | None = None) -> None:
@@ -91,8 +94,8 @@ class InPlacePatcher:
 
     def __init__(self, model, patch: Patch, *, mode: str | None = None):
         self.model, self.patch = model, patch
-        self.mode = resolve_mode(patch, mode)        # additive entries are summed over the kept originals
-        verify_patch(patch)                    # once: every later swap cuts from checked entries
+        self.mode = resolve_mode(patch, mode)  # additive entries are summed over the kept originals
+        verify_patch(patch)  # once: every later swap cuts from checked entries
         self.table = _param_table(model)
         self.originals: dict[str, torch.Tensor] = {}
         self.active: frozenset[str] = frozenset()
@@ -154,6 +157,7 @@ def patched(model, patch: Patch, *, mode: str | None = None) -> Iterator:
 
 # --- a folder ---------------------------------------------------------------------------------
 
+
 @dataclass
 class ApplyReport:
     out: Path
@@ -164,8 +168,9 @@ class ApplyReport:
     mode: str = TRANSPLANT
 
 
-def base_mismatches(patch: Patch, target, *, allow_pickle: bool = False,
-                    ckpt: Checkpoint | None = None) -> tuple[list[str], int]:
+def base_mismatches(
+    patch: Patch, target, *, allow_pickle: bool = False, ckpt: Checkpoint | None = None
+) -> tuple[list[str], int]:
     """Patched tensors whose fingerprint in `target` differs from the patch's unaligned model."""
     known = (patch.manifest.get("unaligned") or {}).get("fingerprints") or {}
     ck = ckpt or Checkpoint.open(target, allow_pickle=allow_pickle)
@@ -179,17 +184,31 @@ def check_compatible(patch: Patch, ck: Checkpoint) -> None:
     shapes = (patch.manifest.get("architecture") or {}).get("shapes") or {}
     for t in patch.tensors():
         if t not in ck:
-            raise DdalignError(f"{ck.path}: has no tensor {t} (the patch was made for "
-                               f"{(patch.manifest.get('architecture') or {}).get('family')})")
+            raise DdalignError(
+                f"{ck.path}: has no tensor {t} (the patch was made for "
+                f"{(patch.manifest.get('architecture') or {}).get('family')})"
+            )
         want = tuple(shapes.get(t, ck.info(t).shape))
         if tuple(ck.info(t).shape) != want:
-            raise DdalignError(f"{ck.path}: tensor {t} has shape {list(ck.info(t).shape)}, the patch expects {list(want)}")
+            raise DdalignError(
+                f"{ck.path}: tensor {t} has shape {list(ck.info(t).shape)}, the patch expects {list(want)}"
+            )
 
 
-def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, allow_other_base: bool = False,
-                    overwrite: bool = False, max_shard_size: str | int = "5GB",
-                    allow_pickle: bool = False, mode: str | None = None, overwrite_any: bool = False,
-                    say: Callable[[str], None] | None = None) -> ApplyReport:
+def apply_to_folder(
+    patch: Patch | str | Path,
+    target,
+    out,
+    *,
+    components=None,
+    allow_other_base: bool = False,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+    allow_pickle: bool = False,
+    mode: str | None = None,
+    overwrite_any: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> ApplyReport:
     """Write `target` with the patch applied to `out`, tensor by tensor; every other tensor byte-identical.
 
     `out` is never an input or around one; an existing `out` is replaced with `overwrite` only when
@@ -198,8 +217,13 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
     from ddalign.io.outputs import check_output, output_lock
 
     patch_path = patch.path if isinstance(patch, Patch) else patch
-    check_output(out, {"target checkpoint": target, "patch": patch_path}, kind="checkpoint", overwrite=overwrite,
-                 overwrite_any=overwrite_any)
+    check_output(
+        out,
+        {"target checkpoint": target, "patch": patch_path},
+        kind="checkpoint",
+        overwrite=overwrite,
+        overwrite_any=overwrite_any,
+    )
     if not isinstance(patch, Patch):
         patch = Patch.load(patch)
     out = Path(os.path.abspath(out))
@@ -213,8 +237,10 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
     if differing and not allow_other_base:
         from ddalign.io.hub import base_mismatch_text
 
-        raise DdalignError(base_mismatch_text(patch, ck, target, differing, checked) + "; pass --allow-other-base "
-                           "to apply it to another fine-tune of the same base")
+        raise DdalignError(
+            base_mismatch_text(patch, ck, target, differing, checked) + "; pass --allow-other-base "
+            "to apply it to another fine-tune of the same base"
+        )
     verify_patch(patch, release=True)
     by_tensor: dict[str, list[PatchEntry]] = {}
     for e in patch.entries:
@@ -235,6 +261,7 @@ def apply_to_folder(patch: Patch | str | Path, target, out, *, components=None, 
 
     specs = [TensorSpec(n, ck.info(n).shape, ck.info(n).dtype) for n in ck.names()]
     with output_lock(out, say=say):
-        write_checkpoint(out, specs, produce, copy_from=ck.path, max_shard_size=max_shard_size,
-                         overwrite=overwrite or overwrite_any)
+        write_checkpoint(
+            out, specs, produce, copy_from=ck.path, max_shard_size=max_shard_size, overwrite=overwrite or overwrite_any
+        )
     return ApplyReport(out, patch.components(), len(by_tensor), differing, checked, mode)

@@ -5,6 +5,7 @@ given the pair's common parent P (`base`), the aligned sibling's change from it,
 additive patch adds), and, per component, how far aligned and unaligned differ: the search's
 prior and the user's first look at where alignment lives.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,14 @@ import torch
 
 from ddalign import __version__
 from ddalign.architectures import ArchitectureMap, format_layers, parse_layers
-from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_safetensors
 from ddalign.errors import DdalignError, DdalignWarning
+from ddalign.io.checkpoint import Checkpoint, TensorSpec, dtype_code, write_safetensors
 from ddalign.io.patch import FORMAT, META_KEY, Patch, _keys
 from ddalign.transfer.modes import ADD, DELTA_DTYPE, TRANSPLANT
 
-Progress = Callable[[int, int], None]     # (done, total) components
-STATS_CHUNK = 1 << 22                     # elements per float32 statistics step (16 MB temporaries)
-PENDING = "0" * 64                        # a fingerprint's place in the header until it is read
+Progress = Callable[[int, int], None]  # (done, total) components
+STATS_CHUNK = 1 << 22  # elements per float32 statistics step (16 MB temporaries)
+PENDING = "0" * 64  # a fingerprint's place in the header until it is read
 
 
 @dataclass
@@ -35,12 +36,13 @@ class _Stats:
     a2: float = 0.0
     dot: float = 0.0
     params: int = 0
-    added2: float | None = None           # ||A - P||^2 of an additive bundle
+    added2: float | None = None  # ||A - P||^2 of an additive bundle
 
     def add_delta(self, d: torch.Tensor) -> None:
         d = d.reshape(-1)
-        self.added2 = (self.added2 or 0.0) + sum(float(torch.dot(d[i:i + STATS_CHUNK], d[i:i + STATS_CHUNK]))
-                                                 for i in range(0, d.numel(), STATS_CHUNK))
+        self.added2 = (self.added2 or 0.0) + sum(
+            float(torch.dot(d[i : i + STATS_CHUNK], d[i : i + STATS_CHUNK])) for i in range(0, d.numel(), STATS_CHUNK)
+        )
 
     def add(self, a: torch.Tensor, u: torch.Tensor, scratch: "Scratch") -> None:
         # float32 dot products (BLAS) in fixed chunks, summed in Python floats: the difference is
@@ -52,8 +54,8 @@ class _Stats:
         for start in range(0, a.numel(), STATS_CHUNK):
             n = min(STATS_CHUNK, a.numel() - start)
             af, uf, d = (buf[:n] for buf in scratch.buffers)
-            af.copy_(a[start:start + n])
-            uf.copy_(u[start:start + n])
+            af.copy_(a[start : start + n])
+            uf.copy_(u[start : start + n])
             torch.sub(af, uf, out=d)
             self.diff2 += float(torch.dot(d, d))
             self.u2 += float(torch.dot(uf, uf))
@@ -65,9 +67,14 @@ class _Stats:
         norm_u, norm_a = math.sqrt(self.u2), math.sqrt(self.a2)
         delta = math.sqrt(self.diff2)
         added = {} if self.added2 is None else {"added_norm": math.sqrt(self.added2)}
-        return {"params": self.params, "delta_norm": delta, **added, "aligned_nonfinite": not math.isfinite(self.a2),
-                "rel_delta": delta / norm_u if norm_u else (0.0 if delta == 0 else math.inf),
-                "cosine": self.dot / (norm_a * norm_u) if norm_a and norm_u else (1.0 if delta == 0 else 0.0)}
+        return {
+            "params": self.params,
+            "delta_norm": delta,
+            **added,
+            "aligned_nonfinite": not math.isfinite(self.a2),
+            "rel_delta": delta / norm_u if norm_u else (0.0 if delta == 0 else math.inf),
+            "cosine": self.dot / (norm_a * norm_u) if norm_a and norm_u else (1.0 if delta == 0 else 0.0),
+        }
 
 
 class Scratch:
@@ -81,17 +88,31 @@ def check_pair(a: Checkpoint, u: Checkpoint) -> None:
     """Same tensors and shapes, else name the first mismatching tensor and both shapes."""
     for name in a.names():
         if name not in u:
-            raise DdalignError(f"{u.path}: has no tensor {name} (present in {a.path}); the models differ in architecture")
+            raise DdalignError(
+                f"{u.path}: has no tensor {name} (present in {a.path}); the models differ in architecture"
+            )
         if a.info(name).shape != u.info(name).shape:
-            raise DdalignError(f"tensor {name}: shape {list(a.info(name).shape)} in {a.path}, "
-                               f"{list(u.info(name).shape)} in {u.path}")
+            raise DdalignError(
+                f"tensor {name}: shape {list(a.info(name).shape)} in {a.path}, {list(u.info(name).shape)} in {u.path}"
+            )
     for name in u.names():
         if name not in a:
-            raise DdalignError(f"{a.path}: has no tensor {name} (present in {u.path}); the models differ in architecture")
+            raise DdalignError(
+                f"{a.path}: has no tensor {name} (present in {u.path}); the models differ in architecture"
+            )
 
 
-def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, progress: Progress | None = None,
-            allow_pickle: bool = False, base=None) -> Patch:
+def extract(
+    aligned,
+    unaligned,
+    *,
+    scope: str = "mlp.gate",
+    layers=None,
+    out,
+    progress: Progress | None = None,
+    allow_pickle: bool = False,
+    base=None,
+) -> Patch:
     """Write the delta bundle of `aligned` over `unaligned` to `out` and return it (a Patch).
 
     With `base` (the pair's common parent P) the bundle is additive (manifest mode "add"): it
@@ -137,22 +158,27 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     if p is not None:
         prints["base"] = dict.fromkeys(tensors, PENDING)
     manifest = {
-        "format": FORMAT, "kind": "bundle", "tool_version": __version__, "mode": ADD if p is not None else TRANSPLANT,
-        "architecture": {**arch.describe(), "config": a.config,
-                         "shapes": {n: list(s) for n, s in a.shapes().items()}},
-        "scope": scope, "layers": format_layers(layer_list), "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+        "format": FORMAT,
+        "kind": "bundle",
+        "tool_version": __version__,
+        "mode": ADD if p is not None else TRANSPLANT,
+        "architecture": {**arch.describe(), "config": a.config, "shapes": {n: list(s) for n, s in a.shapes().items()}},
+        "scope": scope,
+        "layers": format_layers(layer_list),
+        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
         "aligned": {"path": str(aligned), **_hub(a), "fingerprints": prints["aligned"]},
         "unaligned": {"path": str(unaligned), **_hub(u), "fingerprints": prints["unaligned"]},
         # the sha256 of each stored slice, checked before any apply (ddalign.io.verify)
-        "components": {c: {"slices": [s.as_list() for s in slices[c]], "sha256": [PENDING] * len(slices[c])}
-                       for c in components},
+        "components": {
+            c: {"slices": [s.as_list() for s in slices[c]], "sha256": [PENDING] * len(slices[c])} for c in components
+        },
     }
     if p is not None:
         manifest["base"] = {"path": str(base), **_hub(p), "fingerprints": prints["base"]}
         manifest["values_dtype"] = dtype_code(DELTA_DTYPE)
     done: set[str] = set()
     counts = {c: len(slices[c]) for c in components}
-    current: dict[str, tuple[torch.Tensor, ...]] = {}   # the one tensor pair (or triple) in memory
+    current: dict[str, tuple[torch.Tensor, ...]] = {}  # the one tensor pair (or triple) in memory
     # Two threads (three with a base) read and hash the aligned and unaligned tensor side by side, into buffers
     # reused for every tensor; one more thread sums the statistics of a slice while the writer
     # writes it. Reading the next pair waits for those sums (and the writer has written the slice
@@ -186,7 +212,7 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
     def produce(key: str) -> torch.Tensor:
         comp, s, index = plan[key]
         va, vu, *vp = (s.take(t) for t in pair(s.tensor))
-        counted = s.tensor not in arch.tied_copies       # a stored copy of a tied tensor: written, counted once
+        counted = s.tensor not in arch.tied_copies  # a stored copy of a tied tensor: written, counted once
         if counted:
             pending.append(summer.submit(stats[comp].add, va, vu, scratch))
         if vp:
@@ -208,18 +234,21 @@ def extract(aligned, unaligned, *, scope: str = "mlp.gate", layers=None, out, pr
         current.clear()
         for c in components:
             manifest["components"][c].update(stats[c].as_dict())
-        if all(stats[c].diff2 == 0 for c in components):   # raised before the rename: no bundle is left
-            raise DdalignError(f"{aligned} and {unaligned}: identical in every component of scope {scope!r} "
-                               f"(an all-zero delta); give the aligned and the unaligned sibling")
+        if all(stats[c].diff2 == 0 for c in components):  # raised before the rename: no bundle is left
+            raise DdalignError(
+                f"{aligned} and {unaligned}: identical in every component of scope {scope!r} "
+                f"(an all-zero delta); give the aligned and the unaligned sibling"
+            )
         return {META_KEY: _dumps(manifest)}
 
-    reserve = (220 if p is None else 260) * len(components) + 256     # the statistics, filled in at the end
+    reserve = (220 if p is None else 260) * len(components) + 256  # the statistics, filled in at the end
     from ddalign.io.outputs import output_lock
 
     try:
         with output_lock(out):
-            write_safetensors(out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final,
-                              reserve=reserve)
+            write_safetensors(
+                out, specs, produce, metadata={META_KEY: json.dumps(manifest)}, final_metadata=final, reserve=reserve
+            )
     finally:
         readers.shutdown(cancel_futures=True)
         summer.shutdown(cancel_futures=True)
@@ -248,8 +277,12 @@ def warn_model_types(a: Checkpoint, u: Checkpoint) -> None:
 
     ta, tu = a.config.get("model_type"), u.config.get("model_type")
     if ta and tu and ta != tu:
-        warnings.warn(f"{a.path} is a {ta} model, {u.path} a {tu} model: not siblings of one base; "
-                      f"the delta is not an alignment delta", DdalignWarning, stacklevel=3)
+        warnings.warn(
+            f"{a.path} is a {ta} model, {u.path} a {tu} model: not siblings of one base; "
+            f"the delta is not an alignment delta",
+            DdalignWarning,
+            stacklevel=3,
+        )
 
 
 def _dumps(manifest: dict) -> str:

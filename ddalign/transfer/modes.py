@@ -9,6 +9,7 @@ The addition is computed in float32 and cast back to the tensor's dtype, and alw
 tensor's original values, so that applying overlapping components (a module and its row blocks)
 adds each delta once, and a revert restores the kept original rather than subtracting.
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -20,7 +21,7 @@ from ddalign.errors import DdalignError
 TRANSPLANT = "transplant"
 ADD = "add"
 MODES = (TRANSPLANT, ADD)
-DELTA_DTYPE = torch.float32         # additive values: A - P of two bf16 tensors is exact in float32
+DELTA_DTYPE = torch.float32  # additive values: A - P of two bf16 tensors is exact in float32
 
 
 def patch_mode(manifest: dict, where: object = "patch") -> str:
@@ -40,10 +41,13 @@ def resolve_mode(patch, requested: str | None = None) -> str:
     if requested not in MODES:
         raise DdalignError(f"--mode {requested}: expected one of {', '.join(MODES)}")
     if requested == ADD:
-        raise DdalignError(f"{where}: a transplant patch (it stores the aligned values, not a delta); --mode add "
-                           f"needs a bundle extracted with --base PARENT")
-    raise DdalignError(f"{where}: an additive patch (it stores A - P deltas); it cannot be applied "
-                       f"with --mode {requested}")
+        raise DdalignError(
+            f"{where}: a transplant patch (it stores the aligned values, not a delta); --mode add "
+            f"needs a bundle extracted with --base PARENT"
+        )
+    raise DdalignError(
+        f"{where}: an additive patch (it stores A - P deltas); it cannot be applied with --mode {requested}"
+    )
 
 
 @torch.no_grad()
