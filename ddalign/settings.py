@@ -635,4 +635,7 @@ def reference_summary() -> str:
 if __name__ == "__main__":
     import sys
 
-    print(reference_summary() if "--readme" in sys.argv[1:] else reference_markdown(), end="\n" if "--readme" in sys.argv[1:] else "")
+    print(
+        reference_summary() if "--readme" in sys.argv[1:] else reference_markdown(),
+        end="\n" if "--readme" in sys.argv[1:] else "",
+    )
