@@ -261,32 +261,17 @@ class Oracle:
         """`test`, returning the whole record (also given to `on_record`)."""
         key = self._key(candidate)
         self.calls += 1
+        if key not in self.cache:
+            self.calibrate()  # the empty and the full candidate: calibration measures them
         if key in self.cache:
             self.cache_hits += 1
             verdict, metrics = self.cache[key]
-            record = OracleRecord(
-                key,
-                verdict,
-                copy.deepcopy(metrics),
-                {"prompts": 0, "tokens": 0, "seconds": 0.0, "tensors_swapped": 0},
-                cached=True,
-            )
+            free = {"prompts": 0, "tokens": 0, "seconds": 0.0, "tensors_swapped": 0}
+            record = OracleRecord(key, verdict, copy.deepcopy(metrics), free, cached=True)
         else:
-            self.calibrate()
-            if key in self.cache:  # calibration just measured it
-                verdict, metrics = self.cache[key]
-                record = OracleRecord(
-                    key,
-                    verdict,
-                    copy.deepcopy(metrics),
-                    {"prompts": 0, "tokens": 0, "seconds": 0.0, "tensors_swapped": 0},
-                    cached=True,
-                )
-                self.cache_hits += 1
-            else:
-                record = self._run_test(key)
-                self.cache[key] = (record.verdict, record.metrics)
-                self._add_cost(record.cost)
+            record = self._run_test(key)
+            self.cache[key] = (record.verdict, record.metrics)
+            self._add_cost(record.cost)
         if self.on_record is not None:
             self.on_record(record)
         return record

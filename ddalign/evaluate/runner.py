@@ -9,6 +9,7 @@ been generated), which changes no verdict.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -205,7 +206,7 @@ def evaluate_model(
         if tokenizer is None:
             raise DdalignError("evaluate_model: a loaded model needs its tokenizer")
         name = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "") or "in-memory")
-    patch_name = None
+    patch_name, applied = None, contextlib.nullcontext()
     if patch is not None:
         from ddalign.io.patch import Patch
         from ddalign.transfer.apply import patched
@@ -215,21 +216,8 @@ def evaluate_model(
             patch = Patch.load(patch)
         else:
             patch_name = str(getattr(patch, "path", None) or "in-memory")
-        with patched(model, patch):
-            record = _run(
-                model,
-                tokenizer,
-                sets,
-                judge,
-                config,
-                early_stop,
-                accuracy_match,
-                ppl_max_length,
-                ppl_stride,
-                keep_answers,
-                progress,
-            )
-    else:
+        applied = patched(model, patch)
+    with applied:
         record = _run(
             model,
             tokenizer,
