@@ -10,11 +10,14 @@ and reports the wall time of each against the default setting alone:
 - default: OpenMP's own wait policy (threads spin for a while before sleeping), all cores;
 - passive: OMP_WAIT_POLICY=PASSIVE (idle threads sleep at once), all cores;
 - passive + half: passive, and each job capped at half the cores;
-- default + half: the cap alone.
+- default + half: the cap alone;
+- spin 1k / 10k: GOMP_SPINCOUNT (GNU OpenMP, which torch's CPU wheels use) lowered from its
+  default of 300,000 spins before an idle thread sleeps: short waits still spin.
 
 Spinning threads burn the cores the other job's threads wait for, which is what makes two
-jobs at once far slower than twice one. The CLI sets OMP_WAIT_POLICY=PASSIVE before torch
-is imported unless the user set it: the table says whether that costs one job alone anything.
+jobs at once far slower than twice one. The CLI sets GOMP_SPINCOUNT=1000 before torch is
+imported unless the user set it or OMP_WAIT_POLICY: the table says what each choice costs one
+job alone and two at once.
 Prints a rich table; writes threads.json and threads.md to --out.
 """
 
@@ -59,15 +62,18 @@ print(time.perf_counter() - start)
 SETTINGS = {
     "default": {},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin 1k": {"GOMP_SPINCOUNT": "1000"},
+    "spin 10k": {"GOMP_SPINCOUNT": "10000"},
     "passive + half": {"OMP_WAIT_POLICY": "PASSIVE", "half": True},
     "default + half": {"half": True},
 }
 
 
 def _env(setting: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    if "OMP_WAIT_POLICY" in setting:
-        env["OMP_WAIT_POLICY"] = setting["OMP_WAIT_POLICY"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")}
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if key in setting:
+            env[key] = setting[key]
     if setting.get("half"):
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
     return env

@@ -532,10 +532,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     from ddalign.io.outputs import terminate_as_interrupt
 
-    # Idle OpenMP threads sleep instead of spinning, set before torch is first imported (the
-    # commands import it lazily): two jobs on a small machine then share its cores instead of
-    # burning them (benchmarks/results/threads.md). A value the user set is kept.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Idle OpenMP threads spin 1,000 times, not 300,000, before they sleep: set before torch is first
+    # imported (the commands import it lazily), so that two jobs on a small machine share its cores
+    # instead of burning them, at a few percent of one job's speed (benchmarks/results/threads.md;
+    # OMP_WAIT_POLICY=PASSIVE, no spinning at all, cost one job alone 22%). A user's choice is kept.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
     global _SHOWN_WARNING
     terminate_as_interrupt()  # SIGTERM cleans up as Ctrl-C does

@@ -1,4 +1,4 @@
-"""The CLI lets idle OpenMP threads sleep (set before torch is imported), unless the user chose."""
+"""The CLI makes idle OpenMP threads sleep soon (set before torch is imported), unless the user chose."""
 
 from __future__ import annotations
 
@@ -16,16 +16,22 @@ def _run_version() -> None:
         assert exc.code in (0, None)
 
 
-def test_cli_sets_a_passive_wait_policy_when_unset(monkeypatch):
+def test_cli_sets_a_short_spin_when_unset(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     _run_version()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "1000"
 
 
-def test_cli_keeps_the_users_wait_policy(monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+def test_cli_keeps_the_users_choice(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50000")
     _run_version()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "50000"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a wait policy chosen: no spin count added
+    _run_version()
+    assert "GOMP_SPINCOUNT" not in os.environ and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_importing_the_cli_does_not_import_torch():
