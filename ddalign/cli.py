@@ -1,4 +1,8 @@
-"""The `ddalign` command line: thin click commands over the library API; no logic of its own."""
+"""The `ddalign` command line: thin click commands over the library API; no logic of its own.
+
+(Over 500 lines: every command with its options and printed tables, on one page to read as the
+CLI's manual; each command is a few lines over an importable function.)
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Writes the package's prompt sets (harmful.jsonl, safe.jsonl, benign.jsonl, refusals.txt).
 
+(Over 500 lines: most of it is the sets' own word lists, data rather than logic.)
+
 Run `python -m ddalign.data.build_sets` to regenerate them; the output is deterministic. The
 harmful requests are short requests only, and their compliance examples are affirmative
 openings ("Sure, here is ..."), never harmful content. The held-out split is by *request* (a

@@ -1,5 +1,8 @@
 """Batched greedy generation with a KV cache and an exact per-row early stop.
 
+(Over 500 lines: the loop, its KV-cache handling across transformers versions and the prompt
+rules share the batch state; split, they would pass it back and forth.)
+
 The oracle's cost is generation, so this module does three things plain `model.generate`
 does not do together: it sorts prompts by length (little padding), drops a row from the batch
 the moment it is finished (EOS, or its verdict is already decided by `stop_when`), and counts

@@ -1,5 +1,8 @@
 """The oracle: does this candidate set of components, transplanted into the target, defend?
 
+(Over 500 lines: calibration, the early-stopped test and the full measurement share one
+state, the loaded target with its swapped tensors and verdict cache; guards live apart.)
+
 `Oracle(candidate) -> Verdict` is what delta debugging calls hundreds of times, so everything
 here is about cost (each call is a full evaluation of the target model):
 

@@ -1,5 +1,8 @@
 """Checkpoint I/O: lazy reads of (sharded) safetensors folders, fingerprints, streaming atomic writes.
 
+(Over 500 lines: the reader and the writer share the format's header, dtype and file-copy
+helpers, and the writer copies unchanged tensors straight from the reader's files.)
+
 I/O only, no model logic (mergekit's split): the rest of ddalign asks for one tensor, or one
 slice of one, at a time, so that peak memory is bounded by the largest tensor, not the model.
 Writes go through a header-first safetensors writer fed tensor by tensor, into a temporary
