@@ -99,3 +99,19 @@ def test_patch_values_are_read_when_used_and_again_after_release(tmp_path):
     fingerprints = patch.manifest["aligned"]["fingerprints"] | patch.manifest["unaligned"]["fingerprints"]
     assert PENDING not in fingerprints.values()  # every placeholder was filled in
     assert patch.manifest["aligned"]["fingerprints"] == ca.fingerprints(patch.tensors())
+
+
+def test_fingerprints_are_hashed_once_per_file_and_again_when_it_changes(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from ddalign.io.checkpoint import Checkpoint
+
+    path = tmp_path / "model.safetensors"
+    save_file({"w": torch.arange(8, dtype=torch.float32)}, str(path))
+    reads = []
+    original = Checkpoint._read_into
+    monkeypatch.setattr(Checkpoint, "_read_into", lambda self, *a, **k: (reads.append(1), original(self, *a, **k))[1])
+    first = Checkpoint.open(tmp_path).fingerprint("w")
+    assert Checkpoint.open(tmp_path).fingerprint("w") == first and len(reads) == 1  # a second reader: remembered
+    save_file({"w": torch.arange(8, dtype=torch.float32) + 1}, str(path))  # the same path, another tensor
+    assert Checkpoint.open(tmp_path).fingerprint("w") != first and len(reads) == 2

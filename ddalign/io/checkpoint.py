@@ -68,6 +68,9 @@ def torch_dtype(code: str) -> torch.dtype:
         raise DdalignError(f"safetensors dtype {code!r}: not supported") from None
 
 
+_FINGERPRINTS: dict[tuple, str] = {}  # Checkpoint.fingerprint's memo
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -336,11 +339,18 @@ class Checkpoint:
         if self._pickled is not None:
             digest.update(tensor_bytes(self._pickled[name]))
             return digest.hexdigest()
-        buffer = memoryview(bytearray(min(CHUNK, info.nbytes)))
-        for offset in range(0, info.nbytes, CHUNK):
-            part = buffer[: min(CHUNK, info.nbytes - offset)]
-            self._read_into(info, part, offset, digest)
-        return digest.hexdigest()
+        # One process asks for the same tensors' prints more than once (a run's base check and its
+        # resume fingerprint): remembered by file identity and byte range, so a replaced or
+        # rewritten file is hashed again.
+        st = os.fstat(self._file(info.file).fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, info.begin, info.end)
+        if key not in _FINGERPRINTS:
+            buffer = memoryview(bytearray(min(CHUNK, info.nbytes)))
+            for offset in range(0, info.nbytes, CHUNK):
+                part = buffer[: min(CHUNK, info.nbytes - offset)]
+                self._read_into(info, part, offset, digest)
+            _FINGERPRINTS[key] = digest.hexdigest()
+        return _FINGERPRINTS[key]
 
     def fingerprints(self, names: Iterable[str] | None = None) -> dict[str, str]:
         return {n: self.fingerprint(n) for n in (self.names() if names is None else names)}
