@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ddalign.errors import DdalignError
-from ddalign.io.checkpoint import _fsync_dir, _fsync_file
+from ddalign.io.atomic import atomic_folder
 
 MAGIC = b"GGUF"
 DTYPES = ("float32", "bfloat16")
@@ -133,21 +130,8 @@ def convert_gguf(path, out, *, dtype: str = "float32", overwrite: bool = False) 
     architecture = gguf_architecture(path)
     check_architecture(path, architecture)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
-    try:
+    with atomic_folder(out) as tmp:
         report = _convert_into(path, tmp, dtype, architecture)
-        for item in tmp.iterdir():
-            os.chmod(item, 0o666 & ~umask)  # some writers create their files 0600
-            _fsync_file(item)
-        _fsync_dir(tmp)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report.out = out
     return report
 
@@ -208,16 +192,3 @@ def _convert_into(path: Path, folder: Path, dtype: str, architecture: str) -> Co
         tied_embeddings=tied,
         chat_template=bool(getattr(tokenizer, "chat_template", None)),
     )
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished folder into place (an existing output is moved aside first)."""
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(out, backup)
-        os.replace(tmp, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    _fsync_dir(out.parent)

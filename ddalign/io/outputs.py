@@ -4,7 +4,8 @@ Rules, checked before any work starts:
 - an output is never an input, inside one, or around one (target, patch, bundle, config, prompts);
 - an output is never the current folder or one that holds it;
 - `overwrite` replaces only what ddalign writes: a checkpoint folder (config.json + safetensors and
-  nothing else, or what its `.ddalign-written.json` lists), a ddalign patch file, a run folder;
+  nothing else, or what its `.ddalign-written.json` lists), a ddalign patch file, a run folder, a
+  refusals study folder;
   anything else needs `overwrite_any`;
 - a writer holds a lock beside its output (`.NAME.lock`, with its pid); a second writer is refused,
   and the holder clears stale temporaries of the output's own naming (`.NAME.<random>.tmp`, `.NAME.old`)
@@ -37,6 +38,8 @@ CHECKPOINT_FILES = re.compile(
 """Files a Hugging Face checkpoint folder holds; a folder with anything else is not replaced by --overwrite."""
 
 RUN_FILES = re.compile(r"^(journal\.jsonl|config\.json|calibration\.json|summary\.json|report\.(md|json)|.*\.png)$")
+REFUSALS_FILES = re.compile(r"^(refusals\.json|.*\.png)$")
+"""What a `ddalign refusals` folder holds: the study's JSON and one chart per model."""
 
 
 def _resolved(path) -> Path:
@@ -121,7 +124,7 @@ def check_replaceable(
     out, *, kind: str, overwrite: bool, overwrite_any: bool = False, flag: str = "--overwrite"
 ) -> None:
     """May `out` be written? Refused when it exists and `overwrite` is off, or when it is not what
-    ddalign writes (`kind`: checkpoint, patch, organism, run) and `overwrite_any` is off."""
+    ddalign writes (`kind`: checkpoint, patch, organism, run, refusals) and `overwrite_any` is off."""
     path = Path(out)
     if not path.exists() and not path.is_symlink():
         return
@@ -133,14 +136,21 @@ def check_replaceable(
         "checkpoint": looks_like_written_checkpoint,
         "patch": lambda p: p.is_file() and is_ddalign_patch(p),
         "organism": lambda p: p.is_dir() and ((p / "organism.json").is_file() or not any(p.iterdir())),
+        "pair": lambda p: p.is_dir() and ((p / "pair.json").is_file() or not any(p.iterdir())),
         "run": lambda p: p.is_dir() and all(RUN_FILES.match(c.name) or c.name.startswith(".") for c in p.iterdir()),
+        "refusals": lambda p: (
+            p.is_dir()
+            and all((REFUSALS_FILES.match(c.name) and c.is_file()) or c.name.startswith(".") for c in p.iterdir())
+        ),
     }[kind](path)
     if not ok:
         what = {
             "checkpoint": "a checkpoint folder ddalign wrote (config.json + safetensors, no other files)",
             "patch": "a ddalign patch file",
             "organism": "an organism folder (organism.json)",
+            "pair": "a real pair's folder (pair.json)",
             "run": "a minimise run folder",
+            "refusals": "a refusals study folder (refusals.json and PNG charts only)",
         }[kind]
         hint = (
             "; pass --overwrite-any to replace it anyway"

@@ -85,11 +85,15 @@ def run_demo(
     log: Callable[[str], None] | None = None,
     view=None,
     progress: bool = True,
+    pair: str | None = None,
+    data=None,
 ) -> DemoResult:
     """Build (or load from the cache) the organism, then extract -> minimise -> apply -> evaluate.
 
-    `config`: the run's settings (default: the organism preset); the bundle's scope is `scope`,
-    else the settings' `search.scope`, else all."""
+    `config`: the run's settings (default: the organism preset, or the pair's); the bundle's
+    scope is `scope`, else the settings' `search.scope`, else all. With `pair` ("smollm2") the
+    flow runs on the real pair instead (built once from the public sets in `data`, else
+    $DDALIGN_PUBLIC_DATA; `sibling` is then the pair's aligned sibling)."""
     from ddalign.evaluate.runner import evaluate_model
     from ddalign.organism import build
     from ddalign.run.minimise import minimise
@@ -101,12 +105,20 @@ def run_demo(
     say = log or (lambda text: None)
     folder = Path(out)
     _prepare(folder, overwrite)
-    say(f"1/5 the model organism ({preset} preset; built once, then cached)")
-    organism = build(preset, progress=progress)
-    aligned = Path(organism.planted if sibling == "planted" else organism.aligned)
-    unaligned = Path(organism.unaligned)
+    if pair is not None:
+        from ddalign.pair import build_pair
 
-    settings = Settings.load("organism") if config is None else as_settings(config)
+        say(f"1/5 the real pair ({pair}; built once, then cached)")
+        real = build_pair(pair, data=data, progress=progress)
+        aligned, unaligned, sibling, planted = Path(real.aligned), Path(real.unaligned), "natural", []
+    else:
+        say(f"1/5 the model organism ({preset} preset; built once, then cached)")
+        organism = build(preset, progress=progress)
+        aligned = Path(organism.planted if sibling == "planted" else organism.aligned)
+        unaligned = Path(organism.unaligned)
+        planted = list(organism.planted_components)
+
+    settings = Settings.load(pair or "organism") if config is None else as_settings(config)
     scope = scope or settings.search.scope or "all"
     say(f"2/5 extract: the {sibling} aligned sibling against the unaligned one, scope {scope}")
     bundle = folder / "bundle.safetensors"
@@ -153,7 +165,7 @@ def run_demo(
         report=result.run_dir / "report.md",
         sibling=sibling,
         kept=result.kept,
-        planted=list(organism.planted_components),
+        planted=planted,
         rows=rows,
         tests=result.tests,
     )

