@@ -315,6 +315,50 @@ def evaluate_cmd(
         console.print(f"wrote {json_out}")
 
 
+# --- refusals (the refusal-pattern study) ----------------------------------------------------
+
+
+@cli.command("refusals")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP)
+@cli_options("refusals")
+@click.option(
+    "--words", default=5, show_default=True, type=click.IntRange(min=1), help="Words of a refusal's opening kept."
+)
+@click.option("--top", default=8, show_default=True, type=click.IntRange(min=1), help="Clusters drawn per model.")
+@click.option(
+    "-o", "--out", default="ddalign-refusals", show_default=True, type=click.Path(path_type=str), help="Output folder."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder of this command.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, loaded with weights_only=True.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the checkpoint folder.")
+def refusals_cmd(models, config_file, words, top, out, overwrite, allow_pickle, trust_remote_code, **given) -> None:
+    """How each of MODELS opens its refusals: clusters, uniformity, DSR, and their correlation (docs/refusals.md)."""
+    from ddalign.study.bars import model_bars
+    from ddalign.study.refusals import refusal_report
+    from ddalign.study.report import study_table
+
+    settings = Settings.load(config_file, cli_overrides(given))
+    with model_bars(console, len(models)) as progress:
+        study = refusal_report(
+            models,
+            config=settings,
+            words=words,
+            top=top,
+            out_dir=out,
+            overwrite=overwrite,
+            inputs={"config": config_file},
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            progress=progress,
+        )
+    _stdout().print(study_table(study))
+    for m in (m for m in study.models if m.cut):
+        console.print(f"warning: {m.model}: {m.cut} refusal opening(s) cut by --max-new-tokens")
+    console.print(study.correlation.note, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}/refusals.json and {len(study.models)} chart(s)")
+
+
 # --- organism ---------------------------------------------------------------------------------
 
 

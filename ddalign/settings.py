@@ -1,4 +1,5 @@
-"""Typed run settings: the one definition of every option of `minimise`, `evaluate` and `demo`.
+"""Typed run settings: the one definition of every option of `minimise`, `evaluate` and `demo` (and of
+the settings the `refusals` study shares with them).
 
 Each setting is a field of one section model (`[search]`, `[oracle]`, `[judge]`, `[generation]`,
 `[data]`) with its type, default and description; the oracle's guard bounds come from the guard
@@ -11,8 +12,8 @@ registry (`ddalign.evaluate.guards`). From these alone follow:
 - the configuration reference `docs/configuration.md` (`python -m ddalign.settings`).
 
 Precedence: the models' defaults < the config file (a preset name or a path) < the command line.
-`evaluate` measures on the evaluation side of the settings: a field `eval_X` takes the flag `--X`
-there, and its search-side twin `X` is not offered.
+`evaluate` (and `refusals`) measure on the evaluation side of the settings: a field `eval_X` takes the
+flag `--X` there, and its search-side twin `X` is not offered.
 
 (Over 500 lines on purpose: the sections, their validation messages and what is generated from
 them, flags and reference, stay together so that a setting is defined in one file.)
@@ -43,6 +44,8 @@ PRESETS = Path(__file__).resolve().parent / "configs"
 LEVELS = ("layer", "module", "block")
 COMMANDS = ("minimise", "evaluate", "demo")
 RUN = ("minimise", "demo")  # the commands that search
+HELD_OUT = ("evaluate", "refusals")  # the commands that measure on the held-out side (eval_X as --X)
+STUDY = (*COMMANDS, "refusals")  # fields the refusal study reads too (it generates and judges, never searches)
 
 
 def setting(
@@ -59,7 +62,7 @@ class Section(BaseModel):
     """A settings table: strict types (no 1 for true, no 2.5 for an integer), no unknown key."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
-    commands: ClassVar[tuple[str, ...]] = COMMANDS  # the commands offering this section's fields
+    commands: ClassVar[tuple[str, ...]] = STUDY  # the commands offering this section's fields
 
     @classmethod
     def build(cls, source: str | None = None, **data: Any):
@@ -187,15 +190,18 @@ class Oracle(Section):
 
 
 class Judge(Section):
-    kind: str = setting("keyword", "'keyword', or a classifier model folder or Hub id.", flag="--judge")
+    kind: str = setting("keyword", "'keyword', or a classifier model folder or Hub id.", flag="--judge", commands=STUDY)
     markers: list[str] = setting(
-        description="Extra refusal markers (repeatable flag).", flag="--refusal-marker", factory=list
+        description="Extra refusal markers (repeatable flag).", flag="--refusal-marker", factory=list, commands=STUDY
     )
     markers_file: Optional[str] = setting(
-        None, "Text file of extra refusal markers, one a line.", flag="--refusal-markers"
+        None, "Text file of extra refusal markers, one a line.", flag="--refusal-markers", commands=STUDY
     )
     labels: list[str] = setting(
-        description="Classifier judge: labels meaning refusal (repeatable flag).", flag="--refusal-label", factory=list
+        description="Classifier judge: labels meaning refusal (repeatable flag).",
+        flag="--refusal-label",
+        factory=list,
+        commands=STUDY,
     )
     accuracy_match: Literal["contains", "exact"] = setting(
         "contains", "How a benign answer is scored against its reference."
@@ -204,15 +210,23 @@ class Judge(Section):
 
 class Generation(Section):
     max_new_tokens: int = setting(32, "Tokens generated per oracle prompt.", commands=RUN)
-    eval_max_new_tokens: int = setting(64, "Tokens generated per prompt in the held-out evaluation.")
-    batch_size: int = setting(32, "Prompts generated together.")
+    eval_max_new_tokens: int = setting(
+        64,
+        "Tokens generated per prompt in the held-out evaluation (refusals: per answer, never stopped early, "
+        "enough for a first sentence).",
+        commands=STUDY,
+    )
+    batch_size: int = setting(32, "Prompts generated together.", commands=STUDY)
     template: Optional[str] = setting(
         None,
         "Prompt template with {prompt} ('chat' = the tokenizer's chat "
         "template; default: the chat template if any, else an Alpaca-style one).",
+        commands=STUDY,
     )
-    device: Optional[str] = setting(None, "cpu, cuda, cuda:1 ... (default: CUDA when present).")
-    dtype: Optional[str] = setting(None, "float32, bfloat16, float16 (default: bf16 on GPU, float32 on CPU).")
+    device: Optional[str] = setting(None, "cpu, cuda, cuda:1 ... (default: CUDA when present).", commands=STUDY)
+    dtype: Optional[str] = setting(
+        None, "float32, bfloat16, float16 (default: bf16 on GPU, float32 on CPU).", commands=STUDY
+    )
     device_map: Optional[str] = setting(
         None, "accelerate device map for a model larger than one GPU (e.g. auto).", commands=("minimise",)
     )
@@ -222,6 +236,7 @@ class Generation(Section):
     max_prompt_tokens: Optional[int] = setting(
         None,
         "Longer prompts keep their last tokens (and BOS); default: the model's context minus the tokens generated.",
+        commands=STUDY,
     )
 
     @field_validator("max_new_tokens", "eval_max_new_tokens", "batch_size", "max_prompt_tokens")
@@ -243,16 +258,20 @@ class Data(Section):
         "builtin:benign-dev",
         "Benign prompts with references for the perplexity / accuracy guards (file, builtin:NAME, or none).",
     )
-    eval_harmful: str = setting("builtin:harmful-heldout", "Held-out harmful prompts for the final numbers.")
+    eval_harmful: str = setting(
+        "builtin:harmful-heldout", "Held-out harmful prompts for the final numbers.", commands=STUDY
+    )
     eval_safe: str = setting("builtin:safe-heldout", "Held-out safe-but-scary prompts (file, builtin:NAME, or none).")
     eval_benign: str = setting(
         "builtin:benign-heldout", "Held-out benign prompts with references (file, builtin:NAME, or none)."
     )
-    column: Optional[str] = setting(None, "Column / field holding the prompt in the data files.")
+    column: Optional[str] = setting(None, "Column / field holding the prompt in the data files.", commands=STUDY)
     limit: Optional[int] = setting(
         None, "Use only N prompts of each search set, evenly spaced over it (sets are often grouped by category)."
     )
-    eval_limit: Optional[int] = setting(None, "Use only N prompts of each held-out set, evenly spaced over it.")
+    eval_limit: Optional[int] = setting(
+        None, "Use only N prompts of each held-out set, evenly spaced over it.", commands=STUDY
+    )
 
     @field_validator("limit", "eval_limit")
     @classmethod
@@ -482,7 +501,7 @@ class Spec:
         return self.section == "oracle" and guard_registry.by_key(self.name) is not None
 
     def flag_for(self, command: str) -> str:
-        if command == "evaluate" and self.name.startswith("eval_"):
+        if command in HELD_OUT and self.name.startswith("eval_"):
             return "--" + self.name.removeprefix("eval_").replace("_", "-")
         return self.flag
 
@@ -525,12 +544,12 @@ def specs() -> list[Spec]:
 
 
 def command_specs(command: str) -> list[Spec]:
-    """The settings a command offers as flags (evaluate: the eval_ twin stands for its search-side field)."""
+    """The settings a command offers as flags (evaluate, refusals: the eval_ twin stands for its search-side field)."""
     names = {s.key for s in specs()}
     return [
         s
         for s in specs()
-        if command in s.commands and not (command == "evaluate" and f"{s.section}.eval_{s.name}" in names)
+        if command in s.commands and not (command in HELD_OUT and f"{s.section}.eval_{s.name}" in names)
     ]
 
 
@@ -590,10 +609,11 @@ def reference_markdown() -> str:
         "",
         "Generated from `ddalign/settings.py` by `python -m ddalign.settings` (do not edit by hand).",
         "",
-        "`ddalign minimise`, `ddalign evaluate` and `ddalign demo` read the same settings: the defaults below, "
+        "`ddalign minimise`, `ddalign evaluate` and `ddalign demo` read the same settings (`ddalign refusals` "
+        "its judge, generation and harmful-set ones): the defaults below, "
         "then a config file (`--config NAME` for a shipped preset in `ddalign/configs/`, or a TOML / JSON "
         "path), then the command line. A TOML file has one table per section; `false` switches a guard "
-        "off. `evaluate` measures on the held-out side: there `--harmful` sets `data.eval_harmful`, "
+        "off. `evaluate` and `refusals` measure on the held-out side: there `--harmful` sets `data.eval_harmful`, "
         "`--max-new-tokens` sets `generation.eval_max_new_tokens`, and so on.",
         "",
         "Presets: " + ", ".join(f"`{n}`" for n in preset_names()) + ".",

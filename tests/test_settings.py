@@ -136,7 +136,7 @@ def test_precedence_defaults_file_command_line(tmp_path):
 
 
 def _commands() -> dict[str, click.Command]:
-    return {name: cli.commands[name] for name in ("minimise", "evaluate", "demo")}
+    return {name: cli.commands[name] for name in ("minimise", "evaluate", "demo", "refusals")}
 
 
 def test_every_setting_has_one_default_in_its_model():
@@ -154,7 +154,12 @@ def test_every_setting_has_one_default_in_its_model():
         for param in generated:
             assert param.default is None and not param.show_default, (command_name, param.name)
     # so a command line that names no setting overrides nothing (the file's values stand)
-    fixed = {"minimise": [__file__, "--target", "t", "-o", "p.safetensors"], "evaluate": ["model"], "demo": []}
+    fixed = {
+        "minimise": [__file__, "--target", "t", "-o", "p.safetensors"],
+        "evaluate": ["model"],
+        "demo": [],
+        "refusals": ["model"],
+    }
     for command_name, command in _commands().items():
         assert cli_overrides(dict(command.make_context(command_name, fixed[command_name]).params)) == {}
     # the oracle's runtime config reuses the generation and judge defaults, never restates them
@@ -225,6 +230,14 @@ def test_evaluate_offers_the_held_out_side():
     assert flags["--limit"] == "data.eval_limit" and flags["--max-new-tokens"] == "generation.eval_max_new_tokens"
     assert not any(k.startswith(("search.", "oracle.")) for k in flags.values())
     assert Settings().data.eval_safe == "builtin:safe-heldout"  # no training prompt in the default sets
+
+
+def test_refusals_offers_the_held_out_side_without_the_other_sets():
+    flags = {s.flag_for("refusals"): s.key for s in command_specs("refusals")}
+    assert flags["--harmful"] == "data.eval_harmful" and flags["--limit"] == "data.eval_limit"
+    assert flags["--max-new-tokens"] == "generation.eval_max_new_tokens" and "--refusal-marker" in flags
+    assert not {"--safe", "--benign", "--early-stop", "--accuracy-match", "--eval-harmful"} & set(flags)
+    assert not any(k.startswith(("search.", "oracle.")) for k in flags.values())
 
 
 def test_guard_off_from_the_command_line():

@@ -1,0 +1,1 @@
+"""Studies across several models; `refusals`: the refusal-pattern study (`ddalign refusals`)."""
