@@ -359,6 +359,136 @@ def refusals_cmd(models, config_file, words, top, out, overwrite, allow_pickle, 
     console.print(f"wrote {out}/refusals.json and {len(study.models)} chart(s)")
 
 
+# --- distill (the fine-tuning baseline) -------------------------------------------------------
+
+
+@cli.command("distill")
+@click.option(
+    "--teacher", default=None, type=click.Path(path_type=str), help="The aligned model whose refusals to learn."
+)
+@click.option("--student", required=True, type=click.Path(path_type=str), help="The model to fine-tune.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=str), help="Output checkpoint folder.")
+@click.option("--self", "self_distill", is_flag=True, help="The student is its own teacher: train on its own refusals.")
+@click.option("--keep-own", is_flag=True, help="Benign and safe targets from the student's own answers.")
+@click.option(
+    "--harmful", default="builtin:harmful-train", show_default=True, help="Harmful prompts (any set evaluate reads)."
+)
+@click.option("--benign", default="builtin:benign-train", show_default=True, help="Benign prompts (none: leave out).")
+@click.option("--safe", default="builtin:safe-train", show_default=True, help="Safe prompts (none: leave out).")
+@click.option("--column", default=None, help="Prompt column of the prompt files.")
+@click.option("--examples", type=int, default=None, help="At most N harmful examples (default: every refusal).")
+@click.option("--steps", type=int, default=None, help="Training steps [default: 200].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 2e-5, with --lora 2e-4].")
+@click.option("--batch-size", type=int, default=None, help="Sequences per training step [default: 8].")
+@click.option("--max-tokens", type=int, default=None, help="Tokens per sequence, prompt + answer [default: 256].")
+@click.option("--seed", type=int, default=None, help="Seed of the data order and LoRA init [default: 0].")
+@click.option(
+    "--lora", "lora_rank", type=int, default=0, help="LoRA of this rank (peft), merged at the end; 0: all weights."
+)
+@click.option("--max-new-tokens", type=int, default=96, show_default=True, help="Tokens per generated answer.")
+@click.option("--template", default=None, help="Prompt template as evaluate's (default: the chat template if any).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder that ddalign wrote (a checkpoint).")
+@click.option("--overwrite-any", is_flag=True, help="Replace the output even if it is not a checkpoint ddalign wrote.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, loaded with weights_only=True.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the checkpoint folders.")
+def distill_cmd(
+    teacher,
+    student,
+    out,
+    self_distill,
+    keep_own,
+    harmful,
+    benign,
+    safe,
+    column,
+    examples,
+    steps,
+    lr,
+    batch_size,
+    max_tokens,
+    seed,
+    lora_rank,
+    max_new_tokens,
+    template,
+    device,
+    overwrite,
+    overwrite_any,
+    allow_pickle,
+    trust_remote_code,
+) -> None:
+    """Fine-tune STUDENT on TEACHER's refusals (harmful train prompts) and its benign answers: the
+    baseline beside the transplant (every weight changes unless --lora)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ddalign.run.distill import DistillSettings, default_fine_tune, distill
+
+    settings = DistillSettings(
+        harmful=harmful,
+        benign=benign,
+        safe=safe,
+        column=column,
+        examples=examples,
+        keep_own=keep_own,
+        self_distill=self_distill,
+        max_new_tokens=max_new_tokens,
+        template=template,
+    )
+    fts = default_fine_tune(lora_rank, steps=steps, lr=lr, batch_size=batch_size, max_tokens=max_tokens, seed=seed)
+    columns = (
+        TextColumn("{task.description:<8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+    )
+    with _quiet(), Progress(*columns, console=console, transient=True) as bar:  # one bar: ours
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int, note: str) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, note="")
+            bar.update(tasks[stage], completed=done, total=total, note=note)
+
+        record = distill(
+            teacher,
+            student,
+            out,
+            settings=settings,
+            fine_tune_settings=fts,
+            overwrite=overwrite,
+            overwrite_any=overwrite_any,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            progress=progress,
+            say=lambda text: bar.console.print(text, highlight=False, soft_wrap=True),
+        )
+    t, losses = record.train, record.losses
+    k = max(1, min(10, len(losses) // 2))  # first and last steps apart, however few
+    console.print(
+        f"trained {t['rows']} examples, {len(losses)} steps ({t['trainable_parameters']:,} trainable "
+        f"parameters), loss {sum(losses[:k]) / k:.3f} -> {sum(losses[-k:]) / k:.3f} (mean of the first and "
+        f"last {k}), {record.seconds['total']:.0f} s",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"distilled checkpoint: {record.out} (record {record.out}/distill.json; journal {record.journal})",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
 # --- organism ---------------------------------------------------------------------------------
 
 

@@ -36,11 +36,12 @@ def encode_examples(
     The prompt is rendered by the evaluator's `Generator.render` (chat template, or the plain
     template) and tokenised as the evaluator tokenises it; the answer's tokens follow, ending with
     the end-of-turn / EOS the generator stops on. So training teaches exactly the continuation that
-    generation will produce. Longer sequences keep their first `max_tokens` tokens: the opening
-    of an answer is what the judge reads."""
+    generation will produce. Longer sequences keep their first `max_tokens` tokens (at most the
+    model's context): the opening of an answer is what the judge reads."""
     if not isinstance(max_tokens, int) or max_tokens < 8:
         raise DdalignError(f"encode_examples max_tokens: expected an integer of at least 8, got {max_tokens!r}")
     generator = Generator(model, tokenizer, GenerationConfig(template=template, max_prompt_tokens=10**9))
+    max_tokens = min(max_tokens, generator.context_length() or max_tokens)  # no position past the model's
     encoded: list[Encoded] = []
     dropped = 0
     for example in examples:
