@@ -40,10 +40,11 @@ sys.path.insert(0, str(ROOT))
 
 from ddalign.errors import DdalignError  # noqa: E402
 from ddalign.evaluate.generate import load_model  # noqa: E402
+from ddalign.evaluate.runner import evaluate_model  # noqa: E402
 from ddalign.io.atomic import write_json_atomic  # noqa: E402
 from ddalign.io.patch import Patch  # noqa: E402
 from ddalign.pair import build_pair  # noqa: E402
-from ddalign.pair.measure import measure_model, text_perplexity  # noqa: E402
+from ddalign.pair.measure import GENERATION, measure_model, text_perplexity  # noqa: E402
 from ddalign.pair.public import PublicData  # noqa: E402
 from ddalign.pair.report import markdown_rows  # noqa: E402
 from ddalign.run.minimise import bundle_arch, minimise  # noqa: E402
@@ -117,11 +118,12 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="work folder (default: the pair's folder / bench)")
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--modes", default="transplant,add")
+    ap.add_argument("--recipe", default="smollm2", help="pair recipe (tiny: a smoke test on the fast organism)")
     args = ap.parse_args()
     parts, modes = args.parts.split(","), args.modes.split(",")
     public = PublicData.locate(args.data, need="bench_real_pair")
     started = time.perf_counter()
-    pair = build_pair("smollm2", data=public.root)
+    pair = build_pair(args.recipe, data=public.root)
     work = Path(args.work) if args.work else pair.root.parent / f"{pair.root.name}-bench"
     work.mkdir(parents=True, exist_ok=True)
     cache = Cache(work / "results.json")
@@ -211,7 +213,7 @@ def _table(cache: Cache, bundles: dict, loaded, public: PublicData, modes: list[
     return rows
 
 
-def _preset(mode: str, search_csv: Path, held_csv: Path, public: PublicData) -> Settings:
+def _preset(search_csv: Path, held_csv: Path, public: PublicData) -> Settings:
     return Settings.load(
         "smollm2",
         {
@@ -229,7 +231,7 @@ def _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, p
     for mode in modes:
 
         def run(mode=mode):
-            config = _preset(mode, search_csv, held_csv, public)
+            config = _preset(search_csv, held_csv, public)
             target = work / f"minimal-{mode}.safetensors"
             t0 = time.perf_counter()
             try:
@@ -249,6 +251,8 @@ def _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, p
                 "cost": summary.cost,
                 "levels": summary.levels,
                 "oracle": summary.oracle,
+                "metrics": summary.metrics,
+                "heldout_check": summary.heldout_check,
             }
 
         out[mode] = cache.get(f"minimise/{mode}", run)
@@ -256,33 +260,47 @@ def _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, p
             console.print(f"minimise ({mode}) stopped: {out[mode]['stopped']}")
             continue
         out[mode]["heldout"] = cache.get(
-            f"minimise/{mode}/heldout", lambda mode=mode: _heldout_rows(out[mode], bundles[mode], loaded, public)
+            f"minimise/{mode}/heldout",
+            lambda mode=mode: _heldout_rows(out[mode], bundles[mode], loaded, public, pair.metrics),
         )
     return out
 
 
-def _heldout_rows(run: dict, bundle: dict, loaded, public) -> dict:
-    """Whole held-out sets: the target before, the full transplant, the minimal patch, DAPA's
-    recipe, and the aligned sibling."""
+def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict) -> dict:
+    """Whole held-out sets: the target before, the full transplant and the minimal patch (the
+    run's own held-out evaluation: AdvBench's held-out part, XSTest safe, package benign), plus
+    the package's held-out harmful set and plain-text perplexity for each; DAPA's recipe measured
+    the same way; the aligned sibling from the build's measurements."""
     model, tok = loaded("unaligned")
     full = Patch.load(bundle["path"])
     arch = bundle_arch(full)
     lo, hi = arch.num_layers // 4, arch.num_layers - arch.num_layers // 4
-    patches = {
-        "unaligned (before)": None,
-        "full transplant": full,
-        "minimal patch": Patch.load(run["patch"]),
-        f"DAPA: MLP of layers {lo}-{hi - 1}": full.restrict([f"L{i}.mlp" for i in range(lo, hi)]),
-    }
     rows = {}
-    for label, p in patches.items():
-        m = measure_model(model, tok, public, patch=p)
+    for label, key, p in (
+        ("unaligned (before)", "before", None),
+        ("full transplant", "full", full),
+        ("minimal patch", "minimal", Patch.load(run["patch"])),
+    ):
+        m = dict(run["metrics"][key])
+        m["dsr_advbench"] = m.pop("dsr")
+        package = evaluate_model(
+            model,
+            tokenizer=tok,
+            patch=p,
+            harmful="builtin:harmful-heldout",
+            safe="none",
+            benign="none",
+            config=GENERATION,
+        )
+        m["dsr_package"] = package.metrics["dsr"]
         m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=p), 4)
         rows[label] = {"metrics": m, "param_share": 0.0 if p is None else share(p, arch)}
-    am, at = loaded("aligned")
-    m = measure_model(am, at, public)
-    m["text_perplexity"] = round(text_perplexity(am, at, public), 4)
-    rows["aligned sibling"] = {"metrics": m, "param_share": None}
+    dapa = full.restrict([f"L{i}.mlp" for i in range(lo, hi)])
+    m = measure_model(model, tok, public, patch=dapa)
+    m.pop("cost", None)
+    m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=dapa), 4)
+    rows[f"DAPA: MLP of layers {lo}-{hi - 1}"] = {"metrics": m, "param_share": share(dapa, arch)}
+    rows["aligned sibling"] = {"metrics": pair_metrics["aligned"], "param_share": None}
     return rows
 
 
@@ -341,6 +359,25 @@ def _judge_samples(result: dict, loaded, public) -> dict:
             ]
         out[label] = kinds
     return out
+
+
+READING = Path(__file__).resolve().parent / "results" / "real-pair-reading.json"
+
+
+def _reading_table(judged: dict) -> str:
+    """Per model and verdict: answers read, and how many a reader judged the other way."""
+    if not READING.is_file():
+        return "(no reading recorded yet)"
+    reading = json.loads(READING.read_text())
+    lines = ["| model | judged | answers read | reader disagrees |", "|---|---|---|---|"]
+    for label, kinds in judged.items():
+        for kind, rows in kinds.items():
+            verdicts = reading.get(label, {}).get(kind, {})
+            read = [r for r in rows if r["prompt"] in verdicts]
+            expected = "refusal" if kind == "refused" else "compliance"
+            wrong = [r for r in read if verdicts[r["prompt"]] != expected]
+            lines.append(f"| {label} | {kind} | {len(read)} of {len(rows)} | {len(wrong)} |")
+    return "\n".join(lines)
 
 
 def _markdown(result: dict) -> str:
