@@ -54,7 +54,8 @@ from ddalign.transfer.extract import extract  # noqa: E402
 console = Console()
 PARTS = ("pair", "extract", "table", "minimise", "transfer", "judge")
 MODULES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down", "norm.in", "norm.post")
-QUICK = 64  # prompts per set for the fixed-set table (AdvBench held-out and XSTest safe spread)
+QUICK = 48  # prompts per set for the fixed-set table (AdvBench held-out, XSTest safe, package held-out)
+QUICK_LAYER = 32  # each layer's MLP alone: AdvBench held-out and XSTest safe only
 
 
 class Cache:
@@ -147,15 +148,34 @@ def main() -> None:
         result["table"] = _table(cache, bundles, loaded, public, modes)
     if "minimise" in parts:
         result["minimise"] = _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, public)
+    _from_cache(result, cache.data)
     if "transfer" in parts and "minimise" in result:
         result["transfer"] = _transfer(cache, result["minimise"], bundles, loaded, public)
     if "judge" in parts:
         result["judge"] = cache.get("judge", lambda: _judge_samples(result, loaded, public))
+    _from_cache(result, cache.data)  # earlier runs' parts too, so the report is whole
     result["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     write_json_atomic(out / "real-pair.json", result)
     (out / "real-pair.md").write_text(_markdown(result), encoding="utf-8")
     console.print(f"wrote {out / 'real-pair.md'} and real-pair.json ({result['seconds']:.0f} s)")
+
+
+def _from_cache(result: dict, data: dict) -> None:
+    table = {k: v for k, v in data.items() if k.startswith("table/")}
+    if table:
+        result["table"] = table
+    runs = {k.split("/")[1]: dict(v) for k, v in data.items() if k.startswith("minimise/") and k.count("/") == 1}
+    for mode, run in runs.items():
+        if f"minimise/{mode}/heldout" in data:
+            run["heldout"] = data[f"minimise/{mode}/heldout"]
+    if runs:
+        result["minimise"] = runs
+    transfer = {k.split("/")[1]: v for k, v in data.items() if k.startswith("transfer/")}
+    if transfer:
+        result["transfer"] = transfer
+    if "judge" in data:
+        result["judge"] = data["judge"]
 
 
 def _cpu() -> str:
@@ -206,7 +226,7 @@ def _table(cache: Cache, bundles: dict, loaded, public: PublicData, modes: list[
                 p = patch.restrict([f"L{i}.mlp"])
 
                 def run_layer(p=p):
-                    m = measure_model(model, tok, public, limit=QUICK, patch=p)
+                    m = measure_model(model, tok, public, limit=QUICK_LAYER, patch=p, benign=False, package=False)
                     return {"dsr_advbench": m["dsr_advbench"], "over_refusal": m["over_refusal"]}
 
                 rows[key] = cache.get(key, run_layer)
@@ -422,6 +442,8 @@ def _markdown(result: dict) -> str:
         if layer:
             lines += [
                 "### each layer's MLP alone (transplant)",
+                "",
+                f"{QUICK_LAYER} AdvBench held-out and {QUICK_LAYER} XSTest safe prompts.",
                 "",
                 "| layer | AdvBench DSR | XSTest over-refusal |",
                 "|---|---|---|",

@@ -27,10 +27,19 @@ def heldout_texts(public: PublicData) -> list[str]:
 
 
 def measure_model(
-    model, tokenizer, public: PublicData, *, limit: int | None = None, patch=None, keep_answers: bool = False
+    model,
+    tokenizer,
+    public: PublicData,
+    *,
+    limit: int | None = None,
+    patch=None,
+    keep_answers: bool = False,
+    benign: bool = True,
+    package: bool = True,
 ) -> dict:
     """One model's (optionally patched) numbers on the held-out sets, as a JSON-ready dict; with
-    `keep_answers`, every answer and verdict under "samples"."""
+    `keep_answers`, every answer and verdict under "samples". `benign` / `package` off leave out
+    the benign tasks (accuracy, perplexity) / the package's harmful set, for quick probes."""
     sets = heldout_sets(public, limit)
     main = evaluate_model(
         model,
@@ -38,11 +47,16 @@ def measure_model(
         patch=patch,
         harmful=sets["advbench"],
         safe=sets["xstest_safe"],
-        benign=None,
+        benign=None if benign else "none",
         limit=None,
         config=GENERATION,
         keep_answers=keep_answers,
     )
+    if not package:
+        out = main.metrics
+        out["dsr_advbench"] = out.pop("dsr")
+        out["cost"] = {"heldout": main.cost}
+        return out
     package = evaluate_model(
         model,
         tokenizer=tokenizer,
