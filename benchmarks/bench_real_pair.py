@@ -56,6 +56,7 @@ PARTS = ("pair", "extract", "table", "minimise", "transfer", "judge")
 MODULES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down", "norm.in", "norm.post")
 QUICK = 48  # prompts per set for the fixed-set table (AdvBench held-out, XSTest safe, package held-out)
 QUICK_LAYER = 32  # each layer's MLP alone: AdvBench held-out and XSTest safe only
+JUDGE_PROMPTS = 128  # per set (AdvBench held-out, XSTest safe) for the judge check
 
 
 class Cache:
@@ -150,7 +151,7 @@ def main() -> None:
         result["minimise"] = _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, public)
     _from_cache(result, cache.data)
     if "transfer" in parts and "minimise" in result:
-        result["transfer"] = _transfer(cache, result["minimise"], bundles, loaded, public)
+        result["transfer"] = _transfer(cache, result["minimise"], bundles, loaded, public, pair.metrics)
     if "judge" in parts:
         result["judge"] = cache.get("judge", lambda: _judge_samples(result, loaded, public))
     _from_cache(result, cache.data)  # earlier runs' parts too, so the report is whole
@@ -214,7 +215,7 @@ def _table(cache: Cache, bundles: dict, loaded, public: PublicData, modes: list[
 
             def run(p=p):
                 t0 = time.perf_counter()
-                m = measure_model(model, tok, public, limit=QUICK, patch=p)
+                m = measure_model(model, tok, public, limit=QUICK, patch=p, benign=False)
                 m.pop("cost", None)
                 return {"metrics": m, "param_share": share(p, arch), "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -324,7 +325,8 @@ def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict) -
     return rows
 
 
-def _transfer(cache, runs: dict, bundles: dict, loaded, public) -> dict:
+def _transfer(cache, runs: dict, bundles: dict, loaded, public, pair_metrics: dict) -> dict:
+    """The minimal patches on the second unaligned fine-tune (its own numbers: the build's)."""
     out = {}
     model, tok = loaded("unaligned2")
     for mode, run in runs.items():
@@ -333,12 +335,14 @@ def _transfer(cache, runs: dict, bundles: dict, loaded, public) -> dict:
 
         def go(run=run, mode=mode):
             arch = bundle_arch(Patch.load(bundles[mode]["path"]))
-            rows = {}
-            for label, p in (("unaligned2 (before)", None), ("unaligned2 + minimal patch", Patch.load(run["patch"]))):
-                m = measure_model(model, tok, public, patch=p)
-                m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=p), 4)
-                rows[label] = {"metrics": m, "param_share": 0.0 if p is None else share(p, arch)}
-            return rows
+            p = Patch.load(run["patch"])
+            m = measure_model(model, tok, public, patch=p)
+            m.pop("cost", None)
+            m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=p), 4)
+            return {
+                "unaligned2 (before)": {"metrics": pair_metrics["unaligned2"], "param_share": 0.0},
+                "unaligned2 + minimal patch": {"metrics": m, "param_share": share(p, arch)},
+            }
 
         out[mode] = cache.get(f"transfer/{mode}", go)
     return out
@@ -351,8 +355,11 @@ def _judge_samples(result: dict, loaded, public) -> dict:
     from ddalign.evaluate.judges import KeywordJudge
 
     judge = KeywordJudge()
+    from ddalign.evaluate.runner import spread
+
     _, held = public.advbench_split()
-    prompts = held + public.xstest("safe")
+    held = spread(held, JUDGE_PROMPTS)
+    prompts = held + spread(public.xstest("safe"), JUDGE_PROMPTS)
     out = {}
     targets = {"aligned": ("aligned", None), "unaligned": ("unaligned", None)}
     minimal = result.get("minimise", {}).get("transplant", {}).get("patch")
@@ -488,7 +495,8 @@ def _markdown(result: dict) -> str:
         lines += [
             "## The keyword judge on real answers",
             "",
-            "20 random answers of each verdict per model (64 new tokens; AdvBench held-out and XSTest safe pooled).",
+            f"20 random answers of each verdict per model (64 new tokens; {JUDGE_PROMPTS} AdvBench held-out and "
+            f"{JUDGE_PROMPTS} XSTest safe prompts, spread, pooled).",
             "",
         ]
         for label, kinds in result["judge"].items():
