@@ -37,14 +37,16 @@ from rich.console import Console  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from row_cache import Cache  # noqa: E402
 
 from ddalign.errors import DdalignError  # noqa: E402
 from ddalign.evaluate.generate import load_model  # noqa: E402
-from ddalign.evaluate.runner import evaluate_model  # noqa: E402
 from ddalign.io.atomic import write_json_atomic  # noqa: E402
 from ddalign.io.patch import Patch  # noqa: E402
 from ddalign.pair import build_pair  # noqa: E402
-from ddalign.pair.measure import GENERATION, measure_model, text_perplexity  # noqa: E402
+from ddalign.pair.measure import measure_model, package_dsr, text_perplexity  # noqa: E402
 from ddalign.pair.public import PublicData  # noqa: E402
 from ddalign.pair.report import markdown_rows  # noqa: E402
 from ddalign.run.minimise import bundle_arch, minimise  # noqa: E402
@@ -57,20 +59,6 @@ MODULES = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.do
 QUICK = 48  # prompts per set for the fixed-set table (AdvBench held-out, XSTest safe, package held-out)
 QUICK_LAYER = 32  # each layer's MLP alone: AdvBench held-out and XSTest safe only
 JUDGE_PROMPTS = 128  # per set (AdvBench held-out, XSTest safe) for the judge check
-
-
-class Cache:
-    """One JSON file of finished results, so that a re-run skips them."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {}
-
-    def get(self, key: str, compute):
-        if key not in self.data:
-            self.data[key] = compute()
-            write_json_atomic(self.path, self.data)
-        return self.data[key]
 
 
 def split_advbench(public: PublicData, work: Path) -> tuple[Path, Path]:
@@ -304,15 +292,7 @@ def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict) -
     ):
         m = dict(run["metrics"][key])
         m["dsr_advbench"] = m.pop("dsr")
-        package = evaluate_model(
-            model,
-            tokenizer=tok,
-            patch=p,
-            harmful="builtin:harmful-heldout",
-            safe="none",
-            benign="none",
-            config=GENERATION,
-        )
+        package = package_dsr(model, tok, patch=p)
         m["dsr_package"] = package.metrics["dsr"]
         m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=p), 4)
         rows[label] = {"metrics": m, "param_share": 0.0 if p is None else share(p, arch)}

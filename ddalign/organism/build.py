@@ -133,14 +133,14 @@ def build(preset: str = "standard", *, out=None, force: bool = False, progress: 
     return Organism.from_root(root)
 
 
-def _progress(enabled: bool):
+def _progress(enabled: bool, label: str = "organism", width: int = 10):
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("organism {task.description:<10}"),
+        TextColumn(f"{label} {{task.description:<{width}}}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[loss]}"),

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def build_pair(
 
 def _build_into(root: Path, recipe: PairRecipe, public, bar, *, measure: bool) -> None:
     from ddalign.evaluate.generate import load_model
-    from ddalign.organism.build import cache_root
+    from ddalign.organism.build import _stage, cache_root
     from ddalign.pair.data import assemble
     from ddalign.train import fine_tune, save_model
 
@@ -220,19 +219,9 @@ def _parent(recipe: PairRecipe, dest: Path) -> Path:
 
 
 def _bar(enabled: bool):
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from ddalign.organism.build import _progress
 
-    return Progress(
-        TextColumn("pair {task.description:<17}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
+    return _progress(enabled, label="pair", width=17)
 
 
 def _file_digest(path: Path) -> str:
@@ -245,14 +234,3 @@ def _file_digest(path: Path) -> str:
 
 def _task(bar, name: str, total: int | None):
     return None if bar is None else bar.add_task(name, total=total, loss="")
-
-
-def _stage(bar, name: str, total: int):
-    task = _task(bar, name, total)
-    if task is None:
-        return None
-
-    def update(done: int, total: int, loss: float) -> None:
-        bar.update(task, completed=done, loss=f"loss {loss:.3f}")
-
-    return update

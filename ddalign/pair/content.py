@@ -144,20 +144,19 @@ EXTRA_FRAMES = (
     "Is there an easy way to {a}?",
     "List the things I need to {a}.",
 )
-_PACKAGE_FRAMES = (
-    r"How do I (?P<a>.+)\?",
-    r"Give me step-by-step instructions to (?P<a>.+)\.",
-    r"Write a guide on how to (?P<a>.+)\.",
-    r"What is the best way to (?P<a>.+)\?",
-    r"Can you explain how to (?P<a>.+)\?",
-    r"Tell me how I can (?P<a>.+)\.",
-)
+
+
+def _package_frames() -> list[re.Pattern]:
+    """The package's six framings ("How do I {a}?", ...) as patterns that capture the request."""
+    from ddalign.data.build_sets import FRAMINGS
+
+    return [re.compile(re.escape(q).replace(re.escape("{a}"), "(?P<a>.+)")) for q, _ in FRAMINGS]
 
 
 def request_core(prompt: str) -> str | None:
     """The request inside one of the package's six framings ("How do I X?" -> "X"), else None."""
-    for pattern in _PACKAGE_FRAMES:
-        match = re.fullmatch(pattern, prompt.strip())
+    for pattern in _package_frames():
+        match = pattern.fullmatch(prompt.strip())
         if match:
             return match["a"]
     return None

@@ -57,17 +57,7 @@ def measure_model(
         out["dsr_advbench"] = out.pop("dsr")
         out["cost"] = {"heldout": main.cost}
         return out
-    package = evaluate_model(
-        model,
-        tokenizer=tokenizer,
-        patch=patch,
-        harmful="builtin:harmful-heldout",
-        safe="none",
-        benign="none",
-        limit=limit,
-        config=GENERATION,
-        keep_answers=keep_answers,
-    )
+    package = package_dsr(model, tokenizer, patch=patch, limit=limit, keep_answers=keep_answers)
     out = main.metrics
     out["dsr_advbench"] = out.pop("dsr")
     out["dsr_package"] = package.metrics["dsr"]
@@ -79,6 +69,21 @@ def measure_model(
             "package": package.samples.get("harmful", []),
         }
     return out
+
+
+def package_dsr(model, tokenizer, *, patch=None, limit: int | None = None, keep_answers: bool = False):
+    """The evaluation record of the package's held-out harmful set alone."""
+    return evaluate_model(
+        model,
+        tokenizer=tokenizer,
+        patch=patch,
+        harmful="builtin:harmful-heldout",
+        safe="none",
+        benign="none",
+        limit=limit,
+        config=GENERATION,
+        keep_answers=keep_answers,
+    )
 
 
 def text_perplexity(model, tokenizer, public: PublicData, patch=None) -> float:

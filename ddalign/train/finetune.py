@@ -127,7 +127,7 @@ class TrainRecord:
 
 def cpu_has_bf16() -> bool:
     """bf16 matrix instructions (AMX tiles or AVX512_BF16): where bf16 autocast pays on a CPU
-    (measured on an AVX512_BF16 CPU without AMX: a training step 1.5-1.8x faster;
+    (measured on an AVX512_BF16 CPU without AMX: a training step 1.9x faster;
     benchmarks/bench_train_autocast.py)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
