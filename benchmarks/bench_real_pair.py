@@ -109,6 +109,11 @@ def main() -> None:
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--modes", default="transplant,add")
     ap.add_argument("--recipe", default="smollm2", help="pair recipe (tiny: a smoke test on the fast organism)")
+    ap.add_argument(
+        "--max-tests",
+        default=None,
+        help="oracle test budget of the searches: N, or per mode (transplant=250,add=120); default the preset's",
+    )
     args = ap.parse_args()
     parts, modes = args.parts.split(","), args.modes.split(",")
     public = PublicData.locate(args.data, need="bench_real_pair")
@@ -136,7 +141,8 @@ def main() -> None:
     if "table" in parts:
         result["table"] = _table(cache, bundles, loaded, public, modes)
     if "minimise" in parts:
-        result["minimise"] = _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, public)
+        budgets = _budgets(args.max_tests, modes)
+        result["minimise"] = _minimise(cache, pair, bundles, work, search_csv, held_csv, budgets, loaded, public)
     _from_cache(result, cache.data)
     if "transfer" in parts and "minimise" in result:
         result["transfer"] = _transfer(cache, result["minimise"], bundles, loaded, public, pair.metrics)
@@ -222,35 +228,65 @@ def _table(cache: Cache, bundles: dict, loaded, public: PublicData, modes: list[
     return rows
 
 
-def _preset(search_csv: Path, held_csv: Path, public: PublicData) -> Settings:
+def _budgets(spec: str | None, modes: list[str]) -> dict[str, int | None]:
+    """--max-tests as {mode: budget}; None takes the preset's."""
+    if spec is None:
+        return {mode: None for mode in modes}
+    if "=" not in spec:
+        return {mode: int(spec) for mode in modes}
+    given = dict(part.split("=", 1) for part in spec.split(","))
+    return {mode: int(given[mode]) if mode in given else None for mode in modes}
+
+
+def _preset(search_csv: Path, held_csv: Path, public: PublicData, max_tests: int | None = None) -> Settings:
+    search = {} if max_tests is None else {"max_tests": max_tests}
     return Settings.load(
         "smollm2",
         {
+            "search": search,
             "data": {
                 "harmful": str(search_csv),
                 "eval_harmful": str(held_csv),
                 "eval_safe": str(public.xstest_file),
-            }
+            },
         },
     )
 
 
-def _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, public) -> dict:
+def _minimise(cache, pair, bundles, work, search_csv, held_csv, budgets, loaded, public) -> dict:
+    """Each mode's search under its test budget. A search's journal is kept in the work folder: a
+    run with another budget resumes it (the tests it already made are free), so that the result of
+    a short budget and of a longer one come from one search."""
     out = {}
-    for mode in modes:
+    for mode, budget in budgets.items():
+        config = _preset(search_csv, held_csv, public, budget)
+        key = f"minimise/{mode}"
+        if cache.data.get(key, {}).get("max_tests", "none") != config.search.max_tests:
+            cache.data.pop(key, None)
+            cache.data.pop(f"{key}/heldout", None)
 
-        def run(mode=mode):
-            config = _preset(search_csv, held_csv, public)
+        def run(mode=mode, config=config):
             target = work / f"minimal-{mode}.safetensors"
+            resume = (target.with_suffix(".run") / "journal.jsonl").is_file()
             t0 = time.perf_counter()
             try:
                 summary = minimise(
-                    bundles[mode]["path"], pair.unaligned, target, config=config, overwrite=True, log=console.print
+                    bundles[mode]["path"],
+                    pair.unaligned,
+                    target,
+                    config=config,
+                    resume=resume,
+                    overwrite=not resume,
+                    log=console.print,
                 )
             except DdalignError as exc:
                 return {"stopped": str(exc), "seconds": round(time.perf_counter() - t0, 1)}
             seconds = time.perf_counter() - t0
             return {
+                "max_tests": config.search.max_tests,
+                "stopped_at_budget": summary.stopped,
+                "oracle_seconds": _oracle_seconds(target),
+                "early_stop": _early_stop_savings(target),
                 "patch": str(target),
                 "kept": summary.kept,
                 "param_share": summary.param_share,
@@ -264,7 +300,7 @@ def _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, p
                 "heldout_check": summary.heldout_check,
             }
 
-        out[mode] = cache.get(f"minimise/{mode}", run)
+        out[mode] = cache.get(key, run)
         if "stopped" in out[mode]:
             console.print(f"minimise ({mode}) stopped: {out[mode]['stopped']}")
             continue
@@ -273,6 +309,33 @@ def _minimise(cache, pair, bundles, work, search_csv, held_csv, modes, loaded, p
             lambda mode=mode: _heldout_rows(out[mode], bundles[mode], loaded, public, pair.metrics),
         )
     return out
+
+
+def _journal_tests(patch: Path) -> list[dict]:
+    lines = (patch.with_suffix(".run") / "journal.jsonl").read_text().splitlines()
+    return [t for t in map(json.loads, lines) if t.get("type") == "test"]
+
+
+def _oracle_seconds(patch: Path) -> float:
+    """The search's oracle time summed over its journal (every session of a resumed search)."""
+    return round(sum(t["cost"]["seconds"] for t in _journal_tests(patch)), 1)
+
+
+def _early_stop_savings(patch: Path) -> dict:
+    """Tokens and prompts the search's tests used against as many whole evaluations (the oracle's
+    calibration measures the target and the full transplant on every prompt of every set: what
+    each test would cost without the exact early stop and the guards skipped after a DSR fail)."""
+    tests = _journal_tests(patch)
+    calibration = json.loads((patch.with_suffix(".run") / "calibration.json").read_text())
+    whole = [calibration[k]["cost"] for k in ("empty", "full")]
+    per_test = {u: sum(c[u] for c in whole) / len(whole) for u in ("prompts", "tokens")}
+    used = {u: sum(t["cost"][u] for t in tests) for u in ("prompts", "tokens")}
+    return {
+        "tests": len(tests),
+        "used": used,
+        "without_early_stop": {u: round(per_test[u] * len(tests)) for u in used},
+        "share_used": {u: round(used[u] / (per_test[u] * len(tests)), 4) if tests else None for u in used},
+    }
 
 
 def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict) -> dict:
@@ -445,10 +508,26 @@ def _markdown(result: dict) -> str:
         if "stopped" in run:
             lines += [f"Stopped: {run['stopped']}", ""]
             continue
+        budget = run.get("max_tests")
         lines += [
-            f"{run['tests']} oracle tests, {run['seconds']:.0f} s; kept {len(run['kept'])} components, "
+            f"{run['tests']} oracle tests (budget {budget if budget is not None else 'none'}), "
+            f"{run.get('oracle_seconds', run['seconds']):.0f} s in the oracle over the search's sessions; "
+            f"kept {len(run['kept'])} components, "
             f"{100 * run['param_share']:.2f}% of the parameters (DAPA's paper: 6.26% on Llama-2-7b).",
             "",
+        ]
+        if run.get("stopped_at_budget"):
+            lines += [f"**Stopped at the budget**: {run['stopped_at_budget']}.", ""]
+        saved = run.get("early_stop")
+        if saved and saved["tests"]:
+            lines += [
+                f"Early stop: the {saved['tests']} tests generated {saved['used']['tokens']:,} tokens for "
+                f"{saved['used']['prompts']:,} prompts, {100 * saved['share_used']['tokens']:.0f}% of the tokens and "
+                f"{100 * saved['share_used']['prompts']:.0f}% of the prompts of as many whole evaluations "
+                f"({saved['without_early_stop']['tokens']:,} tokens).",
+                "",
+            ]
+        lines += [
             "Kept: " + ", ".join(run["kept"]),
             "",
         ]

@@ -103,6 +103,12 @@ class Search(Section):
         commands=RUN,
     )
     assume_monotone: bool = setting(False, "Treat a superset of a passing set as passing (fewer tests).", commands=RUN)
+    max_tests: Optional[int] = setting(
+        None,
+        "Stop after this many oracle tests (a resumed run counts its journal's) and keep the last passing set: "
+        "it passes but is not 1-minimal, and the report says so. A resume may raise it (default: no limit).",
+        commands=RUN,
+    )
 
     @field_validator("granularity", mode="before")
     @classmethod
@@ -118,10 +124,10 @@ class Search(Section):
             raise ValueError(f"levels go coarse to fine, each once (layer,module,block), got {','.join(value)!r}")
         return value
 
-    @field_validator("block_size")
+    @field_validator("block_size", "max_tests")
     @classmethod
     def _rows(cls, value):
-        return _positive("block_size", value)
+        return _positive("", value)
 
 
 class Oracle(Section):

@@ -156,3 +156,14 @@ def test_last_line_without_its_newline_is_kept_and_ended(tmp_path):
     j.append_test(n=3, level="flat", subset=["c"], verdict="PASS")
     j.close()
     assert [t["subset"] for t in read(path) if t["type"] == "test"] == [["a"], ["b"], ["c"]]
+
+
+def test_resume_may_change_the_test_budget_only(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    _write(path, [(["a"], "PASS")])
+    config = {**HEADER["config"], "search": {**HEADER["config"]["search"], "max_tests": 400}}
+    with Journal.open(path, {**HEADER, "config": config}, resume=True) as j:
+        assert j.cache() == {frozenset({"a"}): "PASS"}
+    config["search"]["block_size"] = 32
+    with pytest.raises(DdalignError, match="search.block_size"):
+        Journal.open(path, {**HEADER, "config": config}, resume=True)

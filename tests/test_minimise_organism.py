@@ -238,3 +238,30 @@ def test_only_the_main_process_prints(cli_run, fast_organism, monkeypatch):
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert result.output == "" and again.exists()  # the patch written, nothing printed
     assert "report.md" in first.output  # rank 0 (the fixture's run) did print
+
+
+def test_test_budget_stops_with_a_passing_patch_and_a_resume_finishes(fast_organism, planted_bundle, tmp_path):
+    from ddalign.run.minimise import minimise
+    from ddalign.run.report import markdown
+
+    out = tmp_path / "p.safetensors"
+    config = {
+        "search": {"granularity": "layer,module", "max_tests": 4},
+        "data": {"limit": 48},
+        "oracle": LOOSE,
+        "generation": {"max_new_tokens": 16},
+    }
+    stopped = minimise(planted_bundle, fast_organism.unaligned, out, config=config, report=False)
+    assert stopped.tests == 4 and "after 4 new test(s)" in stopped.stopped
+    assert stopped.levels[-1]["stopped"] == stopped.stopped
+    # the patch written is the last set that passed the oracle
+    journal = out.with_suffix(".run") / "journal.jsonl"
+    tests = [json.loads(x) for x in journal.read_text().splitlines() if '"test"' in x]
+    last_pass = [t for t in tests if t["verdict"] == "PASS"][-1]
+    assert sorted(stopped.kept) == sorted(last_pass["subset"])
+    assert "stopped early" in markdown(stopped, tests)
+    config["search"]["max_tests"] = 10_000
+    finished = minimise(planted_bundle, fast_organism.unaligned, out, config=config, resume=True, report=False)
+    assert finished.stopped is None and finished.tests > 4
+    again = [json.loads(x) for x in journal.read_text().splitlines() if '"test"' in x]
+    assert [t["subset"] for t in again[:4]] == [t["subset"] for t in tests]

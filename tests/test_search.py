@@ -434,3 +434,49 @@ def test_ddmin_one_minimal_exhaustively_on_small_threshold_oracles():
             oracle = threshold(list(weights), limit)
             for algorithm in ("ddmin", "probdd"):
                 assert is_one_minimal(run(algorithm, range(5), oracle).minimal, oracle)
+
+
+# --- test budget -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@FAST
+@given(case=oracles(max_n=30), budget=st.integers(2, 60))
+def test_budget_stops_with_the_current_passing_set(algorithm, case, budget):
+    n, oracle, _ = case
+    unbounded = run(algorithm, range(n), Recorder(oracle))
+    calls = Recorder(oracle)
+    result = run(algorithm, range(n), calls, max_tests=budget)
+    assert result.tests == len(calls.calls) <= budget
+    if unbounded.tests <= budget:  # the budget never bit: the same finished search
+        assert result.complete and result.minimal == unbounded.minimal
+    else:
+        assert not result.complete and "budget ran out" in result.stopped
+        assert result.levels[-1].stopped == result.stopped
+        # the result is the last passing set the search asked, so it passes
+        assert oracle(flatten(result.minimal) if algorithm == "hierarchical" else result.minimal) is Verdict.PASS
+        passing = [r for r in result.trace if r.verdict is Verdict.PASS]
+        assert list(passing[-1].subset) == list(result.minimal)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_resumed_budget_counts_the_journal_and_a_larger_one_finishes(algorithm):
+    oracle = monotone({3, 11, 17})
+    first = Recorder(oracle)
+    stopped = run(algorithm, range(24), first, max_tests=6)
+    assert not stopped.complete and len(first.calls) == 6
+    # the journal answers the first six; a larger budget goes on from there without asking them again
+    second = Recorder(oracle)
+    finished = run(algorithm, range(24), second, cache=dict(first.calls), max_tests=1000)
+    assert finished.complete and sorted(
+        flatten(finished.minimal) if algorithm == "hierarchical" else finished.minimal
+    ) == [3, 11, 17]
+    assert not {key for key, _ in second.calls} & {key for key, _ in first.calls}
+    assert finished.minimal == run(algorithm, range(24), Recorder(oracle)).minimal
+
+
+def test_budget_too_small_to_start_is_an_error():
+    with pytest.raises(DdalignError, match="max_tests"):
+        ddmin(range(8), monotone({1}), max_tests=1)
+    with pytest.raises(DdalignError, match="max_tests"):
+        hierarchical([(0, 1), (2, 3)], lambda u: monotone({1})(flatten(u)), expanders=[list], max_tests=0)

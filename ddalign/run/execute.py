@@ -85,7 +85,16 @@ def run_search(
             view(state)
 
     s = search_settings
-    hooks = dict(assume_monotone=bool(s.assume_monotone), cache=cache, on_test=on_test, progress=progress, key=key)
+    # the budget counts the journal's tests too: a resumed run stops where a first run would
+    budget = None if s.max_tests is None else max(0, s.max_tests - len(cache))
+    hooks = dict(
+        assume_monotone=bool(s.assume_monotone),
+        cache=cache,
+        on_test=on_test,
+        progress=progress,
+        key=key,
+        max_tests=budget,
+    )
     levels = list(s.granularity)
     if s.algorithm == "hierarchical":
         expanders = [(lambda item, lv=lv: units.children(item, lv)) for lv in levels[1:]]

@@ -16,6 +16,9 @@ from ddalign.errors import DdalignError
 RESUME_FIELDS = ("config", "bundle", "target", "inputs")
 """Header fields that must match for a resume: the same search on the same inputs."""
 
+BUDGET_FIELDS = (("search", "max_tests"),)
+"""Config fields a resume may change: a budget says where the search stops, not which tests it makes."""
+
 
 class Journal:
     def __init__(self, path: Path, header: dict, lines: list[dict], handle):
@@ -53,7 +56,7 @@ class Journal:
             for key in RESUME_FIELDS:
                 if key == "inputs" and "inputs" not in header:
                     continue
-                if _canonical(old.get(key)) != _canonical(header.get(key)):
+                if _identity(key, old.get(key)) != _identity(key, header.get(key)):
                     raise DdalignError(
                         f"{path}: cannot resume: the run's {key} differs from the journal's "
                         f"({_first_difference(old.get(key), header.get(key))})"
@@ -176,6 +179,16 @@ def _first_difference(old, new, prefix: str = "") -> str:
             if _canonical(old.get(key)) != _canonical(new.get(key)):
                 return _first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
     return f"{prefix.rstrip('.') or 'value'}: journal {old!r}, now {new!r}"
+
+
+def _identity(key: str, value):
+    """What a resume compares: the value, without the budget fields for the config."""
+    if key == "config" and isinstance(value, dict):
+        value = {name: dict(section) if isinstance(section, dict) else section for name, section in value.items()}
+        for section, name in BUDGET_FIELDS:
+            if isinstance(value.get(section), dict):
+                value[section].pop(name, None)
+    return _canonical(value)
 
 
 def _now() -> str:

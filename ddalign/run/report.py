@@ -108,6 +108,7 @@ def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
             else ""
         ),
         *filter(None, [oracle_line(summary.oracle or {})]),
+        *([f"- **stopped early**: {summary.stopped}"] if summary.stopped else []),
         f"- kept {len(summary.kept)} component(s), {summary.kept_params:,} parameters "
         f"= {share(summary.kept_params)} of the model ({total:,})",
         "",
@@ -155,7 +156,7 @@ def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
             kept = lv.get("kept", [])
             out.append(
                 f"| {lv['level']} | {lv.get('items', '-')} | {lv.get('tests', '-')} | {len(kept)} | "
-                f"{lv.get('skipped') or ''} |"
+                f"{lv.get('skipped') or lv.get('stopped') or ''} |"
             )
     out += ["", "## Kept components", ""] + [f"- `{c}`" for c in summary.kept]
     out += ["", "![search trajectory](trajectory.png)", "", "![kept map](kept_map.png)", ""]

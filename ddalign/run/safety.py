@@ -48,7 +48,8 @@ def check_run_outputs(paths, *, resume: bool, overwrite: bool, inputs: dict[str,
     check_not_input(paths.run_dir, inputs, role="run folder")
     if paths.patch.is_dir():
         raise DdalignError(f"{paths.patch}: is a folder; expected a .safetensors file path")
-    check_replaceable(paths.patch, kind="patch", overwrite=overwrite)
+    # a run its test budget stopped wrote a patch that a resume is there to improve
+    check_replaceable(paths.patch, kind="patch", overwrite=overwrite or (resume and _stopped_at_budget(paths)))
     if paths.journal.exists() and not (resume or overwrite):
         raise DdalignError(
             f"{paths.journal}: a journal of an earlier run exists; pass --resume to continue "
@@ -56,6 +57,13 @@ def check_run_outputs(paths, *, resume: bool, overwrite: bool, inputs: dict[str,
         )
     if overwrite and not resume and paths.run_dir.exists():
         check_replaceable(paths.run_dir, kind="run", overwrite=True)
+
+
+def _stopped_at_budget(paths) -> bool:
+    try:
+        return bool(json.loads((paths.run_dir / "summary.json").read_text()).get("stopped"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def prepare_run_dir(paths, *, resume: bool, overwrite: bool) -> None:

@@ -35,6 +35,7 @@ class RunSummary:
     answered_without_test: int = 0
     cost: dict = field(default_factory=dict)
     levels: list[dict] = field(default_factory=list)
+    stopped: str | None = None  # the search stopped at its test budget: the patch passes, not 1-minimal
     data: dict = field(default_factory=dict)  # "search" / "heldout" -> role -> source
     heldout_check: dict = field(default_factory=dict)
     patch: str = ""
@@ -91,6 +92,8 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
     components = plan.components
     minimal_patch = plan.bundle.restrict(kept)
     full_patch = plan.bundle.restrict(components) if len(components) < len(plan.bundle.components()) else plan.bundle
+    if result.stopped:
+        say(f"search stopped: {result.stopped}")
     say(f"search done: {len(kept)} component(s) kept after {tests} oracle tests; measuring on held-out sets")
     g = settings.generation
     gen = GenerationConfig(
@@ -127,6 +130,7 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
             "kept": units.concrete(lv.minimal),
             "tests": lv.tests,
             "skipped": lv.skipped,
+            "stopped": lv.stopped,
         }
         for lv in result.levels
     ]
@@ -151,6 +155,7 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
         "resumed_from_journal": from_journal,
         "answered_without_test": answered,
         "levels": levels,
+        "stopped": result.stopped,
         "cost": cost,
         "bundle": {"path": plan.bundle_path, **plan.header["bundle"]},
         "target": plan.target,
@@ -184,6 +189,7 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
         answered_without_test=answered,
         cost=cost,
         levels=levels,
+        stopped=result.stopped,
         data=data,
         heldout_check=heldout,
         patch=str(plan.paths.patch),

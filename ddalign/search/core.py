@@ -61,7 +61,7 @@ class LevelResult:
     """One level of a hierarchical search (a flat search has exactly one).
 
     `skipped` says why the level kept the previous result unrefined (its expansion did not
-    pass), else None.
+    pass), else None; `stopped` says that the test budget ran out during this level.
     """
 
     name: str
@@ -69,16 +69,27 @@ class LevelResult:
     minimal: list
     tests: int
     skipped: str | None = None
+    stopped: str | None = None
 
 
 @dataclass
 class SearchResult:
-    """minimal: the result, in the input order; tests: real oracle calls in this run."""
+    """minimal: the result, in the input order; tests: real oracle calls in this run.
+
+    `stopped` is None for a finished search (its result is 1-minimal at its last level); when the
+    test budget ran out it says where, and `minimal` is the last passing set the search reached:
+    it passes, but a finished search could remove more from it.
+    """
 
     minimal: list
     tests: int
     trace: list[TestRecord] = field(default_factory=list)
     levels: list[LevelResult] = field(default_factory=list)
+    stopped: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None
 
     @property
     def queries(self) -> int:
@@ -121,8 +132,19 @@ def _verdict(value: Any, where: str) -> Verdict:
     raise DdalignError(f"{where}: expected a Verdict (PASS or FAIL), got {value!r}")
 
 
+class BudgetReached(Exception):
+    """Raised inside a search when the next question needs a real test beyond the budget."""
+
+
 class _Session:
-    """The oracle as the algorithms see it: cache, monotone inference, trace, hooks."""
+    """The oracle as the algorithms see it: cache, monotone inference, trace, hooks, budget.
+
+    `max_tests` bounds the real oracle calls of this session (cached and inferred answers are
+    free, so a resumed search replays its journal and then stops at the same question a first
+    run with the same total budget would). `last_pass` is the last passing set asked: every
+    algorithm here moves its current set to each passing subset it finds, so it is the search's
+    current result whenever the budget stops it.
+    """
 
     def __init__(
         self,
@@ -133,8 +155,14 @@ class _Session:
         on_test: OnTest | None,
         progress: Progress | None,
         key: Key | None = None,
+        max_tests: int | None = None,
     ) -> None:
+        if max_tests is not None and max_tests < 0:
+            raise DdalignError(f"search budget: expected a number of tests >= 0, got {max_tests}")
         self.test = test
+        self.max_tests = max_tests
+        self.last_pass: list | None = None
+        self.started = False  # the bounds are checked: the full set passes, the empty one fails
         self.key = key or frozenset
         self.cache: dict[Hashable, Verdict] = {}
         for known, value in (cache or {}).items():
@@ -187,6 +215,8 @@ class _Session:
         if verdict is None:
             verdict, source = self.cache.get(key), "cache"
         if verdict is None:
+            if self.max_tests is not None and self.tests >= self.max_tests:
+                raise BudgetReached(level)
             outcome = self.test(list(subset))
             verdict = _verdict(outcome, f"test({len(subset)} items)")
             source = "oracle"
@@ -194,10 +224,25 @@ class _Session:
             self.cache[key] = verdict
         if self.assume_monotone and source != "inferred":
             self._learn(mask, verdict)
+        if verdict is Verdict.PASS:
+            self.last_pass = list(subset)
         self.trace.append(TestRecord(len(self.trace), level, tuple(subset), verdict, source, key))
         if self.on_test is not None:
             self.on_test(subset, verdict, source != "oracle", level, outcome)
         return verdict
+
+    def stopped_result(self, level: str) -> tuple[list, str]:
+        """The search's current set when the budget stopped it, and a note saying so."""
+        if self.last_pass is None or not self.started:
+            raise DdalignError(
+                f"search budget: {self.max_tests} test(s) ran out before the search could start (the full "
+                "and the empty set are tested first); raise max_tests"
+            )
+        note = (
+            f"the oracle test budget ran out at the {level} level after {self.tests} new test(s): the result "
+            "passes but is not 1-minimal"
+        )
+        return list(self.last_pass), note
 
     def estimate(self, remaining: float) -> None:
         if self.progress is not None:
@@ -216,6 +261,7 @@ class _Session:
                 "the empty set already passes the oracle: the target is already safe without any transplant",
                 "already-safe",
             )
+        self.started = True
 
 
 def _unique(items: Iterable) -> list:
@@ -247,11 +293,30 @@ def _flat(
     progress: Progress | None,
     level: str,
     key: Key | None,
+    max_tests: int | None = None,
 ) -> SearchResult:
     items = _unique(items)
-    session = _Session(test, cache=cache, assume_monotone=assume_monotone, on_test=on_test, progress=progress, key=key)
-    session.check_bounds(items, level)
-    minimal = core(session, items, level)
+    session = _Session(
+        test,
+        cache=cache,
+        assume_monotone=assume_monotone,
+        on_test=on_test,
+        progress=progress,
+        key=key,
+        max_tests=max_tests,
+    )
+    try:
+        session.check_bounds(items, level)
+        minimal = core(session, items, level)
+    except BudgetReached:
+        minimal, note = session.stopped_result(level)
+        return SearchResult(
+            minimal,
+            session.tests,
+            session.trace,
+            [LevelResult(level, len(items), minimal, session.tests, stopped=note)],
+            stopped=note,
+        )
     tests = session.tests
     return SearchResult(minimal, tests, session.trace, [LevelResult(level, len(items), list(minimal), tests)])
 

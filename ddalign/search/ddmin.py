@@ -54,10 +54,12 @@ def ddmin(
     progress: Progress | None = None,
     level: str = "flat",
     key: Key | None = None,
+    max_tests: int | None = None,
 ) -> SearchResult:
     """The reference: a 1-minimal passing subset by ddmin (subsets, then complements).
 
     O(n^2) tests in the worst case; keeps the items' order and splits it into contiguous chunks.
+    max_tests: stop after this many real tests with the last passing set (`result.stopped` says so).
     """
     return _flat(
         _ddmin_core,
@@ -69,4 +71,5 @@ def ddmin(
         progress=progress,
         level=level,
         key=key,
+        max_tests=max_tests,
     )

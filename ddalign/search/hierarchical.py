@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ddalign.errors import DdalignError
 from ddalign.search.core import (
+    BudgetReached,
     Key,
     LevelResult,
     OnTest,
@@ -40,6 +41,7 @@ def hierarchical(
     on_test: OnTest | None = None,
     progress: Progress | None = None,
     key: Key | None = None,
+    max_tests: int | None = None,
 ) -> SearchResult:
     """Search coarse units first, then the children of the kept ones, level by level.
 
@@ -55,6 +57,8 @@ def hierarchical(
     key: the cache key of a subset (default frozenset). Pass one that maps units to what they
     stand for (a layer -> its components) so that a level's starting set, usually the same
     content as the previous level's result, is not tested again.
+    max_tests: stop after this many real tests with the last passing set, in the units of the level
+    it was reached at (`result.stopped` says so; the finer levels are not run).
     """
     if algorithm not in LEVEL_ALGORITHMS:
         raise DdalignError(f"search algorithm: expected one of {', '.join(LEVEL_ALGORITHMS)}, got {algorithm!r}")
@@ -66,7 +70,15 @@ def hierarchical(
     if len(levels) != count:
         raise DdalignError(f"hierarchical levels: expected {count} names (one per level), got {len(levels)}")
     weights = _prior_fn(prior)
-    session = _Session(test, cache=cache, assume_monotone=assume_monotone, on_test=on_test, progress=progress, key=key)
+    session = _Session(
+        test,
+        cache=cache,
+        assume_monotone=assume_monotone,
+        on_test=on_test,
+        progress=progress,
+        key=key,
+        max_tests=max_tests,
+    )
 
     def run(units: list, level: str) -> list:
         if algorithm == "ddmin":
@@ -74,31 +86,36 @@ def hierarchical(
         return _probdd_core(session, units, level, weights, p0 if p0 is not None else _default_p0(len(units)))
 
     units = _unique(items)
-    before = session.tests
-    session.check_bounds(units, levels[0])
-    current = run(units, levels[0])
-    results = [LevelResult(levels[0], len(units), list(current), session.tests - before)]
-    for expander, level in zip(expanders, levels[1:]):
-        before = session.tests
-        children: list = []
-        seen: set = set()
-        for unit in current:  # a unit without children stays as it is
-            for child in list(expander(unit)) or [unit]:
-                if child not in seen:
-                    seen.add(child)
-                    children.append(child)
-        if session.ask(children, level) is Verdict.FAIL:
-            results.append(
-                LevelResult(
-                    level,
-                    len(children),
-                    list(current),
-                    session.tests - before,
-                    skipped=f"the {len(children)} units expanded from the "
-                    f"kept {levels[len(results) - 1]} units do not pass",
-                )
-            )
-            continue
-        current = run(children, level)
-        results.append(LevelResult(level, len(children), list(current), session.tests - before))
+    results: list[LevelResult] = []
+    level, size, before = levels[0], len(units), session.tests
+    try:
+        session.check_bounds(units, level)
+        current = run(units, level)
+        results.append(LevelResult(level, size, list(current), session.tests - before))
+        for expander, level in zip(expanders, levels[1:]):
+            before = session.tests
+            children = _expand(current, expander)
+            size = len(children)
+            if session.ask(children, level) is Verdict.FAIL:
+                note = f"the {size} units expanded from the kept {levels[len(results) - 1]} units do not pass"
+                results.append(LevelResult(level, size, list(current), session.tests - before, skipped=note))
+                continue
+            current = run(children, level)
+            results.append(LevelResult(level, size, list(current), session.tests - before))
+    except BudgetReached:
+        current, note = session.stopped_result(level)
+        results.append(LevelResult(level, size, list(current), session.tests - before, stopped=note))
+        return SearchResult(list(current), session.tests, session.trace, results, stopped=note)
     return SearchResult(list(current), session.tests, session.trace, results)
+
+
+def _expand(current: list, expander) -> list:
+    """The children of the kept units, each once; a unit without children stays as it is."""
+    children: list = []
+    seen: set = set()
+    for unit in current:
+        for child in list(expander(unit)) or [unit]:
+            if child not in seen:
+                seen.add(child)
+                children.append(child)
+    return children

@@ -160,6 +160,7 @@ def probdd(
     progress: Progress | None = None,
     level: str = "flat",
     key: Key | None = None,
+    max_tests: int | None = None,
 ) -> SearchResult:
     """A 1-minimal passing subset by probabilistic delta debugging (ProbDD) + a 1-minimal pass.
 
@@ -168,6 +169,7 @@ def probdd(
     weight are taken as more likely needed as far as the answers so far bear the weights out.
     p0: the prior mean of the share of needed items (default: 1 / (2 sqrt(n))); the search
     re-estimates it as tests come in.
+    max_tests: stop after this many real tests with the last passing set (`result.stopped` says so).
     """
     items_list = _unique(items)
     if p0 is None:
@@ -189,4 +191,5 @@ def probdd(
         progress=progress,
         level=level,
         key=key,
+        max_tests=max_tests,
     )
