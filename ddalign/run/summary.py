@@ -123,12 +123,19 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
     total = arch.total_params()
     kept_params = sum(arch.param_count(c) for c in kept)
     full_params = sum(arch.param_count(c) for c in components)
+    # per level too: a journal answer counts as a test of the level that first asked it
+    journal_answers: dict[str, int] = {}
+    seen: set = set()
+    for r in result.trace:
+        if r.source == "cache" and r.key in plan.cache and r.key not in seen:
+            seen.add(r.key)
+            journal_answers[r.level] = journal_answers.get(r.level, 0) + 1
     levels = [
         {
             "level": lv.name,
             "items": lv.items,
             "kept": units.concrete(lv.minimal),
-            "tests": lv.tests,
+            "tests": lv.tests + journal_answers.get(lv.name, 0),
             "skipped": lv.skipped,
             "stopped": lv.stopped,
         }
