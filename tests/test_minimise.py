@@ -213,6 +213,7 @@ def test_run_summary_keeps_the_summary_json_format(tmp_path):
         "answered_without_test",
         "cost",
         "levels",
+        "stopped",
         "data",
         "heldout_check",
         "patch",

@@ -263,5 +263,7 @@ def test_test_budget_stops_with_a_passing_patch_and_a_resume_finishes(fast_organ
     config["search"]["max_tests"] = 10_000
     finished = minimise(planted_bundle, fast_organism.unaligned, out, config=config, resume=True, report=False)
     assert finished.stopped is None and finished.tests > 4
+    # the levels count the journal's answers too: a resumed run reports the whole search's tests
+    assert sum(lv["tests"] for lv in finished.levels) == finished.tests
     again = [json.loads(x) for x in journal.read_text().splitlines() if '"test"' in x]
     assert [t["subset"] for t in again[:4]] == [t["subset"] for t in tests]
