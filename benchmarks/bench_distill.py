@@ -79,6 +79,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from recipes import dapa_label, dapa_layers  # noqa: E402
 from row_cache import Cache  # noqa: E402
 
 from ddalign.architectures.map import ArchitectureMap  # noqa: E402
@@ -263,11 +264,11 @@ def full_row(part: Part) -> dict:
 
 def dapa_row(part: Part) -> dict:
     n = bundle_arch(Patch.load(bundle(part, "all", scope="all")["path"])).num_layers
-    lo, hi = n // 4, n - n // 4
-    b = bundle(part, "dapa", scope="mlp", layers=f"{lo}-{hi - 1}")
+    lo, hi = dapa_layers(n)
+    b = bundle(part, "dapa", scope="mlp", layers=f"{lo}-{hi}")
     patch = Patch.load(b["path"])
     return {
-        "label": f"DAPA recipe (MLP of layers {lo}-{hi - 1})",
+        "label": f"DAPA recipe ({dapa_label(n)})",
         "method": "dapa",
         "metrics": part.measure(part.unaligned, patch),
         "params": {"share": share_of(patch), "what": f"{len(patch.components())} components"},

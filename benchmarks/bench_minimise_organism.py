@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from recipes import dapa_components, dapa_label  # noqa: E402
+
 from ddalign.architectures import Component  # noqa: E402
 from ddalign.errors import DdalignError  # noqa: E402
 from ddalign.evaluate.runner import evaluate_model  # noqa: E402
@@ -99,10 +101,8 @@ def _dapa_row(organism, bundle_mlp: Path, arch, data: dict) -> dict:
 
 
 def _dapa_recipe(bundle_mlp: Path, num_layers: int) -> tuple[Patch, str]:
-    """DAPA's fixed recipe: the whole MLP of the middle half of the layers."""
-    lo, hi = num_layers // 4, num_layers - num_layers // 4
-    patch = Patch.load(bundle_mlp)
-    return patch.restrict([f"L{i}.mlp" for i in range(lo, hi)]), f"MLP of layers {lo}-{hi - 1}"
+    """DAPA's fixed recipe (`recipes.py`) from the MLP bundle, and its label."""
+    return Patch.load(bundle_mlp).restrict(dapa_components(num_layers)), dapa_label(num_layers)
 
 
 def results(organism, work: Path) -> list[dict]:

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from recipes import dapa_components, dapa_label  # noqa: E402
 from row_cache import Cache  # noqa: E402
 
 from ddalign.errors import DdalignError  # noqa: E402
@@ -78,11 +79,10 @@ def split_advbench(public: PublicData, work: Path) -> tuple[Path, Path]:
 
 def fixed_sets(arch) -> dict[str, list[str]]:
     n = arch.num_layers
-    lo, hi = n // 4, n - n // 4
     rows = {"everything": ["all"], "embeddings (tied: embed = head)": ["embed"]}
     rows["attention, all layers"] = [f"L{i}.attn" for i in range(n)]
     rows["MLP, all layers"] = [f"L{i}.mlp" for i in range(n)]
-    rows[f"MLP of layers {lo}-{hi - 1} (DAPA's recipe)"] = [f"L{i}.mlp" for i in range(lo, hi)]
+    rows[f"{dapa_label(n)} (DAPA's recipe)"] = dapa_components(n)
     for module in MODULES:
         rows[f"{module}, all layers"] = [f"L{i}.{module}" for i in range(n)]
     return rows
@@ -285,8 +285,8 @@ def _minimise(cache, pair, bundles, work, search_csv, held_csv, budgets, loaded,
             return {
                 "max_tests": config.search.max_tests,
                 "stopped_at_budget": summary.stopped,
-                "oracle_seconds": _oracle_seconds(target),
-                "early_stop": _early_stop_savings(target),
+                "oracle_seconds": _oracle_seconds(tests := _journal_tests(target)),
+                "early_stop": _early_stop_savings(target, tests),
                 "patch": str(target),
                 "kept": summary.kept,
                 "param_share": summary.param_share,
@@ -316,16 +316,15 @@ def _journal_tests(patch: Path) -> list[dict]:
     return [t for t in map(json.loads, lines) if t.get("type") == "test"]
 
 
-def _oracle_seconds(patch: Path) -> float:
-    """The search's oracle time summed over its journal (every session of a resumed search)."""
-    return round(sum(t["cost"]["seconds"] for t in _journal_tests(patch)), 1)
+def _oracle_seconds(tests: list[dict]) -> float:
+    """The search's oracle time summed over its journal's tests (every session of a resumed search)."""
+    return round(sum(t["cost"]["seconds"] for t in tests), 1)
 
 
-def _early_stop_savings(patch: Path) -> dict:
+def _early_stop_savings(patch: Path, tests: list[dict]) -> dict:
     """Tokens and prompts the search's tests used against as many whole evaluations (the oracle's
     calibration measures the target and the full transplant on every prompt of every set: what
     each test would cost without the exact early stop and the guards skipped after a DSR fail)."""
-    tests = _journal_tests(patch)
     calibration = json.loads((patch.with_suffix(".run") / "calibration.json").read_text())
     whole = [calibration[k]["cost"] for k in ("empty", "full")]
     per_test = {u: sum(c[u] for c in whole) / len(whole) for u in ("prompts", "tokens")}
@@ -346,7 +345,6 @@ def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict) -
     model, tok = loaded("unaligned")
     full = Patch.load(bundle["path"])
     arch = bundle_arch(full)
-    lo, hi = arch.num_layers // 4, arch.num_layers - arch.num_layers // 4
     rows = {}
     for label, key, p in (
         ("unaligned (before)", "before", None),
@@ -359,11 +357,11 @@ def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict) -
         m["dsr_package"] = package.metrics["dsr"]
         m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=p), 4)
         rows[label] = {"metrics": m, "param_share": 0.0 if p is None else share(p, arch)}
-    dapa = full.restrict([f"L{i}.mlp" for i in range(lo, hi)])
+    dapa = full.restrict(dapa_components(arch.num_layers))
     m = measure_model(model, tok, public, patch=dapa)
     m.pop("cost", None)
     m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=dapa), 4)
-    rows[f"DAPA: MLP of layers {lo}-{hi - 1}"] = {"metrics": m, "param_share": share(dapa, arch)}
+    rows[f"DAPA: {dapa_label(arch.num_layers)}"] = {"metrics": m, "param_share": share(dapa, arch)}
     rows["aligned sibling"] = {"metrics": pair_metrics["aligned"], "param_share": None}
     return rows
 

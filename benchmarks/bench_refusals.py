@@ -39,6 +39,9 @@ from rich.console import Console  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from recipes import dapa_components  # noqa: E402
 
 from ddalign.io.atomic import write_json_atomic  # noqa: E402
 from ddalign.io.patch import Patch  # noqa: E402
@@ -55,9 +58,7 @@ FEW = 20  # refusals below which a model's uniformity is read with care
 
 
 def dapa(bundle: Patch) -> Patch:
-    """DAPA's fixed recipe: the whole MLP of the middle half of the layers."""
-    n = bundle_arch(bundle).num_layers
-    return bundle.restrict([f"L{i}.mlp" for i in range(n // 4, n - n // 4)])
+    return bundle.restrict(dapa_components(bundle_arch(bundle).num_layers))
 
 
 def patched(patch: Patch | Path, target: Path, out: Path, *, other_base: bool = False) -> Path:
