@@ -2,6 +2,7 @@
 
 Run:  python benchmarks/bench_distill.py [--organism] [--preset standard] [--examples 30,100,all]
       python benchmarks/bench_distill.py --pair smollm2 [--data DIR]     # the real pair
+      python benchmarks/bench_distill.py --pair smollm2 --minimal-from benchmarks/results/real-pair.json
 
 For one unaligned target and an aligned sibling of the same parent, each row is measured on the
 same held-out sets:
@@ -119,6 +120,7 @@ class Part:
     columns: tuple  # (metric key, header)
     dsr_key: str = "dsr"
     reuse_minimal: Path | None = None  # a finished minimise run's patch (PATCH.run/ beside it), not re-searched
+    minimal_from: Path | None = None  # a bench_real_pair results file: its search's kept components
 
 
 # --- rows -------------------------------------------------------------------------------------------
@@ -161,6 +163,40 @@ def bundle(part: Part, name: str, **kw) -> dict:
     return part.cache.get(key, lambda: {"path": str(path), "seconds": round(time.perf_counter() - t0, 2)})
 
 
+def content_key(model, patch) -> str:
+    """A digest of every value of `model` as measured (with `patch` applied): two rows that measure
+    the same weights share one measurement."""
+    from contextlib import nullcontext
+
+    from ddalign.transfer.apply import patched
+
+    h = hashlib.sha256()
+    with patched(model, patch) if patch is not None else nullcontext():
+        for name, tensor in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(str(tensor.dtype).encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
+
+
+class MeasureMemo:
+    """Measurements kept by `content_key`, in a JSON file of the work folder, each with its
+    `source`: "this bench", or for one made elsewhere with the same functions on the same sets
+    (`seed`: the pair's build) where it came from."""
+
+    def __init__(self, path: Path):
+        self.cache = Cache(path)
+
+    def seed(self, key: str, metrics: dict, source: str) -> None:
+        self.cache.data[key] = {**{k: v for k, v in metrics.items() if k != "cost"}, "source": source}
+
+    def get(self, key: str, compute: Callable[[], dict]) -> dict:
+        return self.cache.get(key, lambda: {**{k: v for k, v in compute().items() if k != "cost"}, "source": HERE})
+
+
+HERE = "this bench"
+
+
 def transfer_of(part: Part, patch) -> dict | str:
     return TRANSFER_NA if part.transfer is None else part.transfer(patch)
 
@@ -190,6 +226,8 @@ def aligned_row(part: Part) -> dict:
 def minimal_row(part: Part) -> dict:
     if part.reuse_minimal is not None:
         return reused_minimal_row(part, part.reuse_minimal)
+    if part.minimal_from is not None:
+        return recorded_minimal_row(part, part.minimal_from)
     b = bundle(part, "all", scope="all")
     out = part.work / f"{part.tag}-minimal.safetensors"
     t0 = time.perf_counter()
@@ -245,6 +283,41 @@ def reused_minimal_row(part: Part, path: Path) -> dict:
             "heldout_check": summary.heldout_check,
             "patch": str(path),
             "reused": "minimise's oracle seconds from the run's summary (not re-searched here)",
+        },
+    }
+
+
+def recorded_minimal_row(part: Part, path: Path) -> dict:
+    """The minimal transplant that bench_real_pair.py's search found (`--minimal-from` its results
+    file): the kept components cut out of this pair's scope-`all` bundle (the same values the
+    search's patch holds, the build being deterministic) and measured here; the search's oracle
+    seconds and tests are the ones that file recorded."""
+    run = json.loads(path.read_text(encoding="utf-8")).get("minimise", {}).get("transplant")
+    if not run or not run.get("kept"):
+        raise DdalignError(
+            f"--minimal-from {path}: no transplant search with kept components in it (minimise.transplant)"
+        )
+    b = bundle(part, "all", scope="all")
+    patch = Patch.load(b["path"])
+    try:  # stored components or their sub-blocks (the module level splits an MLP into gate, up, down)
+        patch = patch.restrict(run["kept"])
+    except DdalignError as exc:
+        raise DdalignError(f"--minimal-from {path}: {exc}") from exc
+    search = float(run.get("oracle_seconds") or 0.0)
+    return {
+        "label": "minimal transplant",
+        "method": "minimal",
+        "metrics": part.measure(part.unaligned, patch),
+        "params": {"share": share_of(patch), "what": f"{len(run['kept'])} components"},
+        "seconds": {"extract": b["seconds"], "minimise": round(search, 1), "total": round(b["seconds"] + search, 1)},
+        "transfer": transfer_of(part, patch),
+        "detail": {
+            "kept": run["kept"],
+            "tests": run.get("tests"),
+            "heldout_check": run.get("heldout_check"),
+            "stopped_at_budget": run.get("stopped_at_budget"),
+            "patch": f"{b['path']} restricted to the kept components",
+            "reused": f"the search of {path.name} (its kept components and oracle seconds), not re-searched here",
         },
     }
 
@@ -342,23 +415,34 @@ def distill_row(part: Part, fts: FineTuneSettings, budget: int | None, *, self_d
     return row
 
 
-def method_rows(part: Part, fts: FineTuneSettings, budgets: list, shared: dict) -> list[dict]:
+def method_rows(
+    part: Part, fts: FineTuneSettings, budgets: list, shared: dict, on_row: Callable | None = None
+) -> list[dict]:
+    """The part's rows in order, cheapest first; `on_row(rows so far)` after each (a partial
+    result written as it grows)."""
     key = f"{part.prefix}/{{}}"
     ft = digest(fts.as_dict())
-    reused = [str(part.reuse_minimal)] if part.reuse_minimal else []  # in the key only when given
-    rows = [
+    reused = [str(p) for p in (part.reuse_minimal, part.minimal_from) if p]  # in the key only when given
+    steps = [
         shared["target"],
-        part.cache.get(key.format("aligned"), lambda: aligned_row(part)),
-        part.cache.get(
+        lambda: part.cache.get(key.format("aligned"), lambda: aligned_row(part)),
+        lambda: part.cache.get(
             key.format(f"minimal/{digest(part.config.model_dump(), *reused)}"),
             lambda: minimal_row(part),
         ),
-        part.cache.get(key.format("full"), lambda: full_row(part)),
-        part.cache.get(key.format("dapa"), lambda: dapa_row(part)),
+        lambda: part.cache.get(key.format("full"), lambda: full_row(part)),
+        lambda: part.cache.get(key.format("dapa"), lambda: dapa_row(part)),
     ]
     for b in budgets:
-        rows.append(part.cache.get(key.format(f"distill/{b or 'all'}/{ft}"), lambda b=b: distill_row(part, fts, b)))
-    rows.append(shared["self"])
+        steps.append(
+            lambda b=b: part.cache.get(key.format(f"distill/{b or 'all'}/{ft}"), lambda: distill_row(part, fts, b))
+        )
+    steps.append(shared["self"])
+    rows: list[dict] = []
+    for step in steps:
+        rows.append(step())
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -422,9 +506,9 @@ def organism_part(args) -> dict:
         )
 
     natural = part("natural")
-    shared = {
-        "target": cache.get("organism/target", lambda: target_row(natural)),
-        "self": cache.get(
+    shared = {  # the rows both siblings' tables share (the same target), computed once
+        "target": lambda: cache.get("organism/target", lambda: target_row(natural)),
+        "self": lambda: cache.get(
             f"organism/self/{digest(fts.as_dict())}", lambda: distill_row(natural, fts, None, self_distill=True)
         ),
     }
@@ -474,7 +558,7 @@ def pair_config(public, work: Path) -> Settings:
     return Settings.load("smollm2", {"data": data})
 
 
-def pair_part(args) -> dict:
+def pair_part(args, save: Callable[[str, dict], None]) -> dict:
     from ddalign.evaluate.generate import load_model
     from ddalign.pair import load_pair
     from ddalign.pair.measure import measure_model, text_perplexity
@@ -500,12 +584,24 @@ def pair_part(args) -> dict:
             loaded[folder] = load_model(folder, device="cpu", dtype="float32")
         return loaded[folder]
 
+    # Measurements by the content of the model measured: a full transplant is the aligned sibling
+    # value for value, and the build measured the siblings with these functions on these sets.
+    measured = MeasureMemo(work / "measurements.json")
+    for name in ("unaligned", "aligned", "unaligned2"):
+        if name in pair.metrics:
+            measured.seed(
+                content_key(model_of(getattr(pair, name))[0], None), pair.metrics[name], f"the build ({name})"
+            )
+
     def measure(folder, patch) -> dict:
         model, tok = model_of(folder)
-        m = measure_model(model, tok, public, patch=patch)
-        m.pop("cost", None)
-        m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=patch), 4)
-        return m
+
+        def fresh() -> dict:
+            m = measure_model(model, tok, public, patch=patch)
+            m["text_perplexity"] = round(text_perplexity(model, tok, public, patch=patch), 4)
+            return m
+
+        return measured.get(content_key(model, patch), fresh)
 
     columns = (
         ("dsr_advbench", "AdvBench held-out DSR [95% CI]"),
@@ -529,20 +625,17 @@ def pair_part(args) -> dict:
         columns=columns,
         dsr_key="dsr_advbench",
         reuse_minimal=Path(args.minimal) if args.minimal else None,
+        minimal_from=Path(args.minimal_from) if args.minimal_from else None,
     )
     shared = {
-        "target": cache.get(f"{p.prefix}/target", lambda: target_row(p)),
-        "self": cache.get(
+        "target": lambda: cache.get(f"{p.prefix}/target", lambda: target_row(p)),
+        "self": lambda: cache.get(
             f"{p.prefix}/self/{digest(fts.as_dict())}", lambda: distill_row(p, fts, None, self_distill=True)
         ),
     }
     started = time.perf_counter()
     console.rule(p.title)
-    rows = method_rows(p, fts, budgets, shared)
-    console.print(rich_table(p.title, rows, columns))
-    for line in findings(rows, "dsr_advbench", fts.as_dict()):
-        console.print("- " + line)
-    return {
+    out = {
         "pair": args.pair,
         "root": str(pair.root),
         "work": str(work),
@@ -551,9 +644,21 @@ def pair_part(args) -> dict:
         "budget_kind": "harmful refusal examples (DistillSettings.examples)",
         "columns": columns,
         "dsr_key": "dsr_advbench",
-        "tables": {p.title: rows},
-        "seconds": round(time.perf_counter() - started, 1),
+        "autocast": pair.info.get("autocast"),  # the build's numerics (bf16 where the CPU has it)
+        "tables": {},
     }
+
+    def partial(rows: list[dict]) -> None:
+        out["tables"][p.title] = list(rows)
+        save("pair", {**out, "partial": True})
+
+    rows = method_rows(p, fts, budgets, shared, on_row=partial)
+    console.print(rich_table(p.title, rows, columns))
+    for line in findings(rows, "dsr_advbench", fts.as_dict()):
+        console.print("- " + line)
+    out["tables"][p.title] = rows
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
 
 
 # --- tables and findings -----------------------------------------------------------------------------
@@ -817,13 +922,11 @@ def _row_seconds(res: dict) -> float:
 
 def markdown(record: dict) -> str:
     lines = ["# Distillation beside the transplant", "", "Written by `benchmarks/bench_distill.py`.", ""]
-    m = record.get("machine", {})
-    if m:
-        lines += [f"Machine: {m.get('cpu')}; torch threads: {m.get('threads')}; torch {m.get('torch')}.", ""]
     for part in ("organism", "pair"):
         res = record.get(part)
         if not res:
             continue
+        m = res.get("machine") or record.get("machine", {})  # older records: one machine for the file
         ft = res["fine_tune"]
         heading = f"The model organism ({res['preset']})" if part == "organism" else f"The real pair ({res['pair']})"
         how = f"LoRA rank {ft['lora_rank']}" if ft["lora_rank"] else "full parameters"
@@ -834,6 +937,9 @@ def markdown(record: dict) -> str:
             f"budget also trains on the teacher's benign and safe answers, {ft['steps']} steps of {ft['batch_size']} "
             f"sequences at lr {ft['lr']:g} ({how}). The rows' wall times add up to {_row_seconds(res):.0f} s "
             "(each row timed when it was computed; a row shared by two tables counted once).",
+            "",
+            f"Machine: {m.get('cpu')}; torch threads: {m.get('threads')}; torch {m.get('torch')}."
+            + (f" The pair was built with autocast {_autocast(res['autocast'])}." if res.get("autocast") else ""),
             "",
             ROWS_TEXT,
             "",
@@ -856,10 +962,34 @@ def markdown(record: dict) -> str:
             if minimal:
                 d = minimal["detail"]
                 lines += [f"Minimal transplant: {d['tests']} oracle tests; kept {', '.join(d['kept'])}.", ""]
+                if d.get("reused"):
+                    stop = f" {clean(d['stopped_at_budget'])}" if d.get("stopped_at_budget") else ""
+                    lines += [f"Its patch: {clean(d['reused'])}.{stop}", ""]
+            reused = [
+                f"{row['label']}{where}: {m['source']}"
+                for row in rows
+                for where, m in (("", row.get("metrics")), (" on the second fine-tune", row.get("transfer")))
+                if isinstance(m, dict) and m.get("source", HERE) != HERE
+            ]
+            if reused:
+                lines += [
+                    "Measurements not taken by this bench (found by a digest of every value of the model "
+                    "measured; the pair's build measured its siblings with the same functions on the same "
+                    "sets, and a full transplant is the aligned sibling value for value): " + "; ".join(reused) + ".",
+                    "",
+                ]
+            if res.get("partial"):
+                lines += [f"Partial: {len(rows)} rows measured so far; the run goes on (findings when it ends).", ""]
+                continue
             lines += ["Where each method wins (generated from the numbers above):", ""]
             lines += [f"- {clean(s)}" for s in findings(rows, res["dsr_key"], res["fine_tune"])]
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _autocast(stages: dict) -> str:
+    kinds = sorted(set(stages.values()))
+    return " / ".join(kinds) + (" (float32 training: the CPU has no bf16 support)" if kinds == ["off"] else "")
 
 
 def _cpu() -> str:
@@ -889,6 +1019,12 @@ def main(argv: list[str] | None = None) -> None:
         help="--pair: the patch of a finished minimise run on the pair's target (PATCH.run/ beside it) "
         "instead of a new search, e.g. bench_real_pair.py's minimal-transplant.safetensors.",
     )
+    parser.add_argument(
+        "--minimal-from",
+        default=None,
+        help="--pair: a bench_real_pair.py results file (real-pair.json): the kept components of its "
+        "transplant search, cut out of this pair's bundle and measured here, instead of a new search.",
+    )
     parser.add_argument("--work", default=None, help="Work folder (cached rows, bundles, distilled models).")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own).")
@@ -904,13 +1040,17 @@ def main(argv: list[str] | None = None) -> None:
         (out / "distill.md").write_text(markdown(record), encoding="utf-8")
         console.print(f"written: {out / 'distill.md'} (from {path})")
         return
-    record["machine"] = {"cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {"cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+    def save(part: str, result: dict) -> None:  # each part says which machine measured it
+        record[part] = {**result, "machine": machine}
+        write_json_atomic(path, json.loads(json.dumps(record, default=str)))
+        (out / "distill.md").write_text(markdown(record), encoding="utf-8")
+
     if args.organism or not args.pair:
-        record["organism"] = organism_part(args)
+        save("organism", organism_part(args))
     if args.pair:
-        record["pair"] = pair_part(args)
-    write_json_atomic(path, json.loads(json.dumps(record, default=str)))
-    (out / "distill.md").write_text(markdown(record), encoding="utf-8")
+        save("pair", pair_part(args, save))
     console.print(f"written: {path}, {out / 'distill.md'}")
 
 
