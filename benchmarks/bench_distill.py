@@ -290,9 +290,12 @@ def reused_minimal_row(part: Part, path: Path) -> dict:
 def recorded_minimal_row(part: Part, path: Path) -> dict:
     """The minimal transplant that bench_real_pair.py's search found (`--minimal-from` its results
     file): the kept components cut out of this pair's scope-`all` bundle (the same values the
-    search's patch holds, the build being deterministic) and measured here; the search's oracle
-    seconds and tests are the ones that file recorded."""
-    run = json.loads(path.read_text(encoding="utf-8")).get("minimise", {}).get("transplant")
+    search's patch holds where the pair was built on the same kind of CPU; `search_build_dsr` lets
+    the results say when it was not) and measured here; the search's oracle seconds and tests are
+    the ones that file recorded."""
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    run = recorded.get("minimise", {}).get("transplant")
+    searched_aligned = recorded.get("pair", {}).get("metrics", {}).get("aligned", {})
     if not run or not run.get("kept"):
         raise DdalignError(
             f"--minimal-from {path}: no transplant search with kept components in it (minimise.transplant)"
@@ -318,8 +321,13 @@ def recorded_minimal_row(part: Part, path: Path) -> dict:
             "stopped_at_budget": run.get("stopped_at_budget"),
             "patch": f"{b['path']} restricted to the kept components",
             "reused": f"the search of {path.name} (its kept components and oracle seconds), not re-searched here",
+            "search_build_dsr": _value(searched_aligned.get(part.dsr_key)),
         },
     }
+
+
+def _value(metric) -> float | None:
+    return metric.get("value") if isinstance(metric, dict) else metric
 
 
 def full_row(part: Part) -> dict:
@@ -963,8 +971,19 @@ def markdown(record: dict) -> str:
                 d = minimal["detail"]
                 lines += [f"Minimal transplant: {d['tests']} oracle tests; kept {', '.join(d['kept'])}.", ""]
                 if d.get("reused"):
-                    stop = f" {clean(d['stopped_at_budget'])}" if d.get("stopped_at_budget") else ""
+                    stop = clean(d["stopped_at_budget"]) if d.get("stopped_at_budget") else ""
+                    stop = f" {stop[:1].upper()}{stop[1:]}." if stop else ""
                     lines += [f"Its patch: {clean(d['reused'])}.{stop}", ""]
+                    here = next((value(r, res["dsr_key"]) for r in rows if r["method"] == "aligned"), None)
+                    there = d.get("search_build_dsr")
+                    if there is not None and here is not None and round(there, 3) != round(here, 3):
+                        lines += [
+                            f"The search ran on another build of the pair (its aligned sibling's DSR {there:.3f}, "
+                            f"this build's {here:.3f}; a build is deterministic on one kind of CPU only): the "
+                            "components are that search's choice, their values this build's, so the row "
+                            "measures the choice transferred, not the search's own patch.",
+                            "",
+                        ]
             reused = [
                 f"{row['label']}{where}: {m['source']}"
                 for row in rows
