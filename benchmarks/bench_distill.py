@@ -168,6 +168,7 @@ def content_key(model, patch) -> str:
     the same weights share one measurement."""
     from contextlib import nullcontext
 
+    from ddalign.io.checkpoint import tensor_buffer
     from ddalign.transfer.apply import patched
 
     h = hashlib.sha256()
@@ -175,7 +176,7 @@ def content_key(model, patch) -> str:
         for name, tensor in sorted(model.state_dict().items()):
             h.update(name.encode())
             h.update(str(tensor.dtype).encode())
-            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            h.update(tensor_buffer(tensor))
     return h.hexdigest()[:16]
 
 
@@ -188,10 +189,14 @@ class MeasureMemo:
         self.cache = Cache(path)
 
     def seed(self, key: str, metrics: dict, source: str) -> None:
-        self.cache.data[key] = {**{k: v for k, v in metrics.items() if k != "cost"}, "source": source}
+        self.cache.data[key] = self._kept(metrics, source)
 
     def get(self, key: str, compute: Callable[[], dict]) -> dict:
-        return self.cache.get(key, lambda: {**{k: v for k, v in compute().items() if k != "cost"}, "source": HERE})
+        return self.cache.get(key, lambda: self._kept(compute(), HERE))
+
+    @staticmethod
+    def _kept(metrics: dict, source: str) -> dict:  # the figures, not their cost record
+        return {**{k: v for k, v in metrics.items() if k != "cost"}, "source": source}
 
 
 HERE = "this bench"
@@ -321,13 +326,9 @@ def recorded_minimal_row(part: Part, path: Path) -> dict:
             "stopped_at_budget": run.get("stopped_at_budget"),
             "patch": f"{b['path']} restricted to the kept components",
             "reused": f"the search of {path.name} (its kept components and oracle seconds), not re-searched here",
-            "search_build_dsr": _value(searched_aligned.get(part.dsr_key)),
+            "search_build_dsr": value({"metrics": searched_aligned}, part.dsr_key),
         },
     }
-
-
-def _value(metric) -> float | None:
-    return metric.get("value") if isinstance(metric, dict) else metric
 
 
 def full_row(part: Part) -> dict:
