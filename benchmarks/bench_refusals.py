@@ -13,20 +13,26 @@ first sentence's first 5 normalised words):
   organism's own fine-tune: 200 steps of 32 at lr 1e-3); the package's held-out harmful set.
 - pair: the real pair (`ddalign organism build --preset smollm2`): parent, unaligned, aligned,
   second unaligned, the unaligned sibling with the minimal transplant that
-  `benchmarks/bench_real_pair.py` found and with DAPA's recipe, and the second unaligned
-  fine-tune with that same minimal patch; AdvBench's held-out odd rows (48 new tokens).
+  `benchmarks/bench_real_pair.py` found (the kept components recorded in its results file,
+  `--minimal-from`, cut out of this pair's scope-`all` bundle) and with DAPA's recipe, the second
+  unaligned fine-tune with that same minimal patch, and the unaligned sibling distilled on the
+  aligned sibling's refusals at each budget and on its own refusals (the models
+  `benchmarks/bench_distill.py --pair smollm2` trained, read from its work folder);
+  AdvBench's held-out odd rows (48 new tokens).
 
 Writes one study folder per part (`refusals-<part>/`: refusals.json and a PNG per model) and
 `refusals.md` / `refusals.json` to --out: per model DSR with its 95% interval, refusals,
 distinct openings, the largest cluster's share, uniformity and the commonest opening; per part
 and pooled over both, Spearman's rho of uniformity with DSR and the number of models it rests on.
-Patched and distilled models are written to a work folder beside the organism's or pair's cache.
+Patched models are written to a work folder beside the organism's cache or beside this build of the
+pair (named after the build, the minimal folders after their kept set, so nothing stale is reused).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -99,16 +105,40 @@ def organism_models(work: Path) -> tuple[dict[str, Path], Settings, object]:
     return models, Settings.load("organism"), None
 
 
-def pair_models(work: Path, data: str | None) -> tuple[dict[str, Path], Settings, str]:
+DISTILLED = (  # bench_distill.py's folders for the pair, with their labels here
+    ("pair-distill-30", "unaligned, distilled (30 refusals)"),
+    ("pair-distill-100", "unaligned, distilled (100 refusals)"),
+    ("pair-distill-all", "unaligned, distilled (all refusals)"),
+    ("pair-self", "unaligned, self-distilled"),
+)
+
+
+def pair_models(data: str | None, minimal_from: Path) -> tuple[dict[str, Path], Settings, str]:
     from ddalign.pair import load_pair
     from ddalign.pair.public import PublicData
 
     public = PublicData.locate(data, need="bench_refusals --parts pair")
     pair = load_pair("smollm2")
-    bench = pair.root.parent / f"{pair.root.name}-bench"
-    minimal, bundle = bench / "minimal-transplant.safetensors", bench / "bundle-transplant.safetensors"
-    if not (minimal.is_file() and bundle.is_file()):
-        raise SystemExit(f"bench_refusals: {minimal} and {bundle} are missing: run benchmarks/bench_real_pair.py first")
+    # beside this build of the pair, so a rebuilt pair never meets patched models of the old one
+    work = pair.root.parent / f"{pair.root.name}-bench-refusals"
+    work.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(minimal_from.read_text(encoding="utf-8")).get("minimise", {}).get("transplant", {}).get("kept")
+    if not kept:
+        raise SystemExit(f"bench_refusals: {minimal_from} holds no transplant search (minimise.transplant.kept)")
+    distilled = pair.root.parent / f"{pair.root.name}-bench-distill"
+    missing = [name for name, _ in DISTILLED if not (distilled / name / "distill.json").is_file()]
+    if missing:
+        raise SystemExit(
+            f"bench_refusals: {distilled} lacks {', '.join(missing)}: "
+            "run benchmarks/bench_distill.py --pair smollm2 first"
+        )
+    bundle_path = work / "bundle.safetensors"
+    if not bundle_path.is_file():
+        extract(pair.aligned, pair.unaligned, scope="all", out=bundle_path)
+    bundle = Patch.load(bundle_path)
+    minimal = bundle.restrict(kept)
+    # the kept set names its folders: another search's set gets folders of its own
+    tag = hashlib.sha256(json.dumps(sorted(kept)).encode()).hexdigest()[:10]
     held = work / "advbench-heldout.csv"  # outside the repository: the study reads it through a path
     _, goals = public.advbench_split()
     with open(held, "w", newline="", encoding="utf-8") as fh:
@@ -120,11 +150,12 @@ def pair_models(work: Path, data: str | None) -> tuple[dict[str, Path], Settings
         "unaligned": pair.unaligned,
         "aligned": pair.aligned,
         "unaligned2": pair.unaligned2,
-        "unaligned + minimal transplant": patched(minimal, pair.unaligned, work / "unaligned+minimal"),
-        "unaligned + DAPA recipe": patched(dapa(Patch.load(bundle)), pair.unaligned, work / "unaligned+dapa"),
+        "unaligned + minimal transplant": patched(minimal, pair.unaligned, work / f"unaligned+minimal-{tag}"),
+        "unaligned + DAPA recipe": patched(dapa(bundle), pair.unaligned, work / "unaligned+dapa"),
         "unaligned2 + minimal transplant": patched(
-            minimal, pair.unaligned2, work / "unaligned2+minimal", other_base=True
+            minimal, pair.unaligned2, work / f"unaligned2+minimal-{tag}", other_base=True
         ),
+        **{label: distilled / name for name, label in DISTILLED},
     }
     config = Settings.load(
         None, {"generation": {"eval_max_new_tokens": 48, "batch_size": 32, "device": "cpu", "dtype": "float32"}}
@@ -135,10 +166,13 @@ def pair_models(work: Path, data: str | None) -> tuple[dict[str, Path], Settings
 def run_part(part: str, args) -> dict:
     from ddalign.organism.build import cache_root
 
-    work = cache_root() / f"bench-refusals-{part}"
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    models, config, harmful = organism_models(work) if part == "organism" else pair_models(work, args.data)
+    if part == "organism":
+        work = cache_root() / "bench-refusals-organism"
+        work.mkdir(parents=True, exist_ok=True)
+        models, config, harmful = organism_models(work)
+    else:
+        models, config, harmful = pair_models(args.data, Path(args.minimal_from))
     prepared = time.perf_counter() - t0
     out_dir = Path(args.out) / f"refusals-{part}"
     study = refusal_report(
@@ -246,6 +280,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default=",".join(PARTS))
     ap.add_argument("--data", default=None, help="public sets for the pair part (default $DDALIGN_PUBLIC_DATA)")
+    ap.add_argument(
+        "--minimal-from",
+        default=str(ROOT / "benchmarks" / "results" / "real-pair.json"),
+        help="pair part: bench_real_pair.py's results file; its transplant search's kept components "
+        "are the minimal patch",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--markdown-only", action="store_true", help="rewrite refusals.md from refusals.json")
     args = ap.parse_args()
