@@ -73,8 +73,7 @@ def extract_cmd(
     allow_pickle: bool,
 ) -> None:
     """Write the alignment delta bundle of ALIGNED over UNALIGNED (streamed, tensor by tensor)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
+    from ddalign.bars import stage_bars
     from ddalign.io.outputs import check_file_target, check_not_input, check_output
     from ddalign.transfer.extract import extract, layer_table, plot_heatmap
 
@@ -83,10 +82,7 @@ def extract_cmd(
     if plot:
         check_not_input(plot, {**inputs, "bundle": out}, role="--plot")
         check_file_target(plot, what="PNG file")
-    with Progress(
-        "extract", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
-    ) as bar:
-        task = bar.add_task("extract", total=None)
+    with stage_bars(console, width=7) as progress:
         bundle = extract(
             aligned,
             unaligned,
@@ -95,7 +91,7 @@ def extract_cmd(
             layers=layers,
             out=out,
             allow_pickle=allow_pickle,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=lambda done, total: progress("extract", done, total),
         )
     _stdout().print(_layer_stats_table(layer_table(bundle), bundle))
     if plot:
@@ -237,15 +233,7 @@ def evaluate_cmd(
     """Evaluate MODEL: defense success, over-refusal, perplexity, benign accuracy (with 95% intervals).
 
     The sets are the settings' held-out ones (data.eval_*), as minimise measures its final patch."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    from ddalign.bars import stage_bars
     from ddalign.evaluate.runner import evaluate_model, metrics_table
 
     settings = Settings.load(config_file, cli_overrides(given))
@@ -268,22 +256,7 @@ def evaluate_cmd(
         )
         check_file_target(json_out, what="JSON file")
     judge = settings.make_judge(allow_pickle=allow_pickle)
-    columns = (
-        TextColumn("{task.description:<11}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=True) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with stage_bars(console) as progress:
         record = evaluate_model(
             model,
             patch=patch,
@@ -334,12 +307,12 @@ def evaluate_cmd(
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the checkpoint folder.")
 def refusals_cmd(models, config_file, words, top, out, overwrite, allow_pickle, trust_remote_code, **given) -> None:
     """How each of MODELS opens its refusals: clusters, uniformity, DSR, and their correlation (docs/refusals.md)."""
-    from ddalign.study.bars import model_bars
+    from ddalign.bars import stage_bars
     from ddalign.study.refusals import refusal_report
     from ddalign.study.report import study_table
 
     settings = Settings.load(config_file, cli_overrides(given))
-    with model_bars(console, len(models)) as progress:
+    with stage_bars(console, width=24, overall=len(models)) as progress:
         study = refusal_report(
             models,
             config=settings,
@@ -419,15 +392,7 @@ def distill_cmd(
 ) -> None:
     """Fine-tune STUDENT on TEACHER's refusals (harmful train prompts) and its benign answers: the
     baseline beside the transplant (every weight changes unless --lora)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    from ddalign.bars import stage_bars
     from ddalign.run.distill import DistillSettings, default_fine_tune, distill
 
     settings = DistillSettings(
@@ -442,23 +407,7 @@ def distill_cmd(
         template=template,
     )
     fts = default_fine_tune(lora_rank, steps=steps, lr=lr, batch_size=batch_size, max_tokens=max_tokens, seed=seed)
-    columns = (
-        TextColumn("{task.description:<8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[note]}"),
-    )
-    with _quiet(), Progress(*columns, console=console, transient=True) as bar:  # one bar: ours
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int, note: str) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, note="")
-            bar.update(tasks[stage], completed=done, total=total, note=note)
-
+    with _quiet(), stage_bars(console, width=8, note=True) as progress:  # one bar: ours
         record = distill(
             teacher,
             student,
@@ -471,7 +420,7 @@ def distill_cmd(
             trust_remote_code=trust_remote_code,
             device=device,
             progress=progress,
-            say=lambda text: bar.console.print(text, highlight=False, soft_wrap=True),
+            say=lambda text: console.print(text, highlight=False, soft_wrap=True),
         )
     t, losses = record.train, record.losses
     k = max(1, min(10, len(losses) // 2))  # first and last steps apart, however few
