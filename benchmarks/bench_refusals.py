@@ -209,6 +209,13 @@ def run_part(part: str, args) -> dict:
     }
 
 
+def part_correlation(rows: list[dict]) -> dict:
+    """Uniformity with DSR over one part's rows, as the study computes it over its models."""
+    return correlate(
+        [r["model"] for r in rows], [r["uniformity"] for r in rows], [r["dsr"]["value"] for r in rows]
+    ).as_dict()
+
+
 def pooled(result: dict) -> dict:
     rows = [(f"{part}: {r['model']}", r) for part, res in result["parts"].items() for r in res["rows"]]
     c = correlate([n for n, _ in rows], [r["uniformity"] for _, r in rows], [r["dsr"]["value"] for _, r in rows])
@@ -287,12 +294,21 @@ def main() -> None:
         "are the minimal patch",
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--markdown-only", action="store_true", help="rewrite refusals.md from refusals.json")
+    ap.add_argument(
+        "--markdown-only",
+        action="store_true",
+        help="rewrite refusals.md and refusals.json from refusals.json's rows (no model is run)",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     path = out / "refusals.json"
     result = json.loads(path.read_text()) if path.is_file() else {"parts": {}}  # a part run later keeps the other
-    if args.markdown_only:
+    if args.markdown_only:  # the correlations are functions of the rows: recomputed with this version
+        for res in result["parts"].values():
+            res["correlation"] = part_correlation(res["rows"])
+        if len(result["parts"]) > 1:
+            result["pooled"] = pooled(result)
+        write_json_atomic(path, result)
         (out / "refusals.md").write_text(markdown(result), encoding="utf-8")
         return
     result["machine"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -17,7 +17,7 @@ from ddalign.errors import DdalignError
 from ddalign.evaluate.datasets import Prompt
 from ddalign.evaluate.generate import GenerationConfig
 from ddalign.evaluate.metrics import Rate
-from ddalign.study.correlation import ANECDOTE_BELOW, correlate, ranks, spearman
+from ddalign.study.correlation import ANECDOTE_BELOW, EXACT_UP_TO, correlate, permutation_p, ranks, spearman
 from ddalign.study.openings import cluster_openings, normalise, opening, read_opening, uniformity
 from ddalign.study.plot import chart_names
 from ddalign.study.rates import category_rates
@@ -152,6 +152,22 @@ def test_few_models_are_an_anecdote_and_undefined_uniformity_is_left_out():
     assert many.rho == pytest.approx(1.0) and not many.anecdote and "anecdote" not in many.note
     few = correlate(["a", "b"], [0.1, 0.2], [0.3, 0.4])
     assert few.rho is None and "undefined" in few.note and "too few" in few.note
+
+
+def test_permutation_p_values_known_by_counting():
+    # 4 models, rho 0.8: of the 24 pairings, 1 + 3 reach +1 / +0.8 and as many -1 / -0.8
+    c = correlate(["a", "b", "c", "d", "e"], [0.9, None, 0.5, 0.1, 0.7], [0.95, 0.0, 0.6, 0.2, 0.4])
+    assert c.p == pytest.approx(8 / 24) and "p = 0.333" in c.note and "no evidence" in c.note
+    assert c.as_dict()["p"] == pytest.approx(0.333333) and c.as_dict()["p_method"].startswith("exact")
+    assert permutation_p([1, 2, 3, 4, 5], [2, 4, 6, 8, 10]) == pytest.approx(2 / 120)  # only the two orders
+    assert permutation_p([1, 2, 3], [5, 5, 5]) is None  # rho undefined: no p either
+    # above the exact range a seeded sample: a perfect order over 12 models is rare, a shuffle is not
+    n = EXACT_UP_TO + 4
+    strong = correlate([f"m{i}" for i in range(n)], list(range(n)), [v * 0.1 for v in range(n)])
+    assert strong.p < 0.001 and "no evidence" not in strong.note and "random pairings" in strong.as_dict()["p_method"]
+    assert permutation_p(list(range(n)), list(range(n))) == strong.p  # seeded: the same every run
+    shuffled = permutation_p(list(range(n)), [5, 1, 9, 0, 3, 10, 2, 8, 4, 7, 6, 11])
+    assert 0.05 < shuffled < 1
 
 
 def test_chart_names_are_distinct_and_file_safe():
