@@ -10,10 +10,10 @@ from typing import Callable, Iterator
 def stage_bars(
     console, *, width: int = 11, note: bool = False, overall: int | None = None
 ) -> Iterator[Callable[..., None]]:
-    """Yield `progress(stage, done, total, note="")`, drawing one bar per stage on `console`, removed
-    at the end. The bars appear from the first report on, so an error before it prints its one line
-    alone. `note`: a text column after the ETA (a loss, a phase); `overall`: a first bar over that
-    many stages, advanced as each one completes (the study's models)."""
+    """Yield `progress(stage, done, total, text="")`, drawing one bar per stage on `console`,
+    removed at the end. The bars appear from the first report on, so an error before it prints its
+    one line alone. `note`: show `text` in a column after the ETA (a loss, a phase); `overall`: a
+    first bar over that many stages, advanced as each one completes (the study's models)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
