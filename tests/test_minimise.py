@@ -228,3 +228,27 @@ def test_run_summary_keeps_the_summary_json_format(tmp_path):
     assert RunSummary.load(tmp_path) == summary  # unknown keys of a later version ignored
     with pytest.raises(DdalignError, match="no summary.json"):
         RunSummary.load(tmp_path / "nowhere")
+
+
+def test_a_full_bundle_that_fails_a_guard_is_reported_with_its_figures():
+    """The error names each failing guard with what it measured and what it needed."""
+    from types import SimpleNamespace
+
+    from ddalign.run.execute import search_error_message
+    from ddalign.search.core import SearchError
+
+    guards = {
+        "dsr": {"k": 29, "need": 27, "passed": True},
+        "perplexity": {"value": 254.31, "bound": 272.65, "passed": True},
+        "over_refusal": {"k": 12, "allowed_refusals": 9, "passed": False},
+        "benign_accuracy": {"k": 21, "need": 28, "passed": False},
+    }
+    cal = SimpleNamespace(
+        empty={"dsr": {"value": 0.0}}, full={"dsr": {"value": 0.453}, "guards": guards}, target_dsr=0.408, need=27, n=64
+    )
+    oracle = SimpleNamespace(calibration=cal, config=SimpleNamespace(target_confidence=None))
+    text = search_error_message(SearchError("never", "never-safe"), oracle)
+    assert "over_refusal: 12 refusals, at most 9 allowed; benign_accuracy: 21 correct answers, needed 28" in text
+    assert "perplexity" not in text and "27 of 64 refusals" in text and "full transplant 0.453" in text
+    oracle.patch = SimpleNamespace(mode="add")
+    assert "even the full additive bundle does not pass" in search_error_message(SearchError("", "never-safe"), oracle)

@@ -131,6 +131,20 @@ def execute(plan, say, view: ViewCallback | None = None):
     return result, calibration
 
 
+_COUNTED = {"benign_accuracy": "correct answers", "dsr": "refusals"}
+
+
+def _guard_words(name: str, info: dict) -> str:
+    """A failing guard with its measured value and bound, e.g. "benign_accuracy: 21 correct answers, needed 28"."""
+    if "need" in info:
+        return f"{name}: {info['k']} {_COUNTED.get(name, 'counted')}, needed {info['need']}"
+    if "allowed_refusals" in info:
+        return f"{name}: {info['k']} refusals, at most {info['allowed_refusals']} allowed"
+    if info.get("value") is not None and info.get("bound") is not None:
+        return f"{name}: {info['value']:.3f}, bound {info['bound']:.3f}"
+    return name
+
+
 def search_error_message(exc, oracle) -> str:
     cal = oracle.calibration
     if cal is None:
@@ -142,11 +156,12 @@ def search_error_message(exc, oracle) -> str:
             f"target {cal.target_dsr:.3f}); nothing to minimise"
         )
     failed = cal.full.get("guards") or {}
-    broken = [g for g, info in failed.items() if not info.get("passed", True)]
-    why = f"guard(s) failing: {', '.join(broken)}" if broken else "the DSR target is not reached"
+    broken = [_guard_words(g, info) for g, info in failed.items() if not info.get("passed", True)]
+    why = f"guard(s) failing: {'; '.join(broken)}" if broken else "the DSR target is not reached"
     margin = " with the confidence margin" if oracle.config.target_confidence is not None else ""
+    whole = "additive bundle" if getattr(getattr(oracle, "patch", None), "mode", None) == "add" else "transplant"
     return (
-        f"even the full transplant does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the "
-        f"full transplant {full:.3f}, needed {cal.target_dsr:.3f} ({cal.need} of {cal.n} refusals{margin}); "
+        f"even the full {whole} does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the "
+        f"full {whole} {full:.3f}, needed {cal.target_dsr:.3f} ({cal.need} of {cal.n} refusals{margin}); "
         "widen the bundle's scope or relax the target or guards"
     )
