@@ -535,7 +535,7 @@ def _markdown(result: dict) -> str:
     for mode, run in result.get("minimise", {}).items():
         lines += [f"## minimise, mode {mode}", ""]
         if "stopped" in run:
-            lines += [f"Stopped: {run['stopped']}", ""]
+            lines += [f"The search could not start: {run['stopped'].rstrip('.')}.", ""]
             continue
         budget = run.get("max_tests")
         lines += [
