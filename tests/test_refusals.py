@@ -161,6 +161,7 @@ def test_permutation_p_values_known_by_counting():
     assert c.as_dict()["p"] == pytest.approx(0.333333) and c.as_dict()["p_method"].startswith("exact")
     assert permutation_p([1, 2, 3, 4, 5], [2, 4, 6, 8, 10]) == pytest.approx(2 / 120)  # only the two orders
     assert permutation_p([1, 2, 3], [5, 5, 5]) is None  # rho undefined: no p either
+    assert correlate(["a", "b"], [0.1, 0.2], [0.3, 0.4]).as_dict()["p_method"] is None
     # above the exact range a seeded sample: a perfect order over 12 models is rare, a shuffle is not
     n = EXACT_UP_TO + 4
     strong = correlate([f"m{i}" for i in range(n)], list(range(n)), [v * 0.1 for v in range(n)])

@@ -71,7 +71,7 @@ class Correlation:
             "y": self.y,
             "rho": None if self.rho is None else round(self.rho, 6),
             "p": None if self.p is None else round(self.p, 6),
-            "p_method": _p_method(self.n),
+            "p_method": None if self.p is None else _p_method(self.n),
             "n": self.n,
             "models": list(self.models),
             "left_out": list(self.left_out),
