@@ -6,8 +6,8 @@ What one oracle test of the smollm2 preset spends most of its time on: greedy an
 tokens, batches of 32, the chat template) to the 64 prompts of the search set (AdvBench's even
 rows), for the aligned and the unaligned sibling of the real pair (`ddalign organism build
 --preset smollm2`). Each model is timed in float32 (the search's setting), under
-`torch.autocast("cpu", torch.bfloat16)` with float32 weights, and loaded with bfloat16 weights
-(`--dtype bfloat16`), best of --repeats; beside the times, how many answers and keyword-judge
+`torch.autocast("cpu", torch.bfloat16)` with float32 weights, and with its weights cast to bfloat16
+(what `--dtype bfloat16` loads), best of --repeats; beside the times, how many answers and keyword-judge
 verdicts equal float32's. Writes eval-dtype.json and eval-dtype.md to --out.
 """
 
@@ -54,11 +54,12 @@ def timed(generator: Generator, prompts: list[str], autocast: bool, repeats: int
 def measure(folder: Path, prompts: list[str], config: GenerationConfig, repeats: int) -> dict:
     judge = KeywordJudge()
     out: dict = {}
+    model, tok = load_model(folder, device="cpu", dtype="float32")  # once: the last mode casts it
     for mode in MODES:
-        model, tok = load_model(folder, device="cpu", dtype="bfloat16" if mode == "bf16 weights" else "float32")
+        if mode == "bf16 weights":
+            model = model.to(torch.bfloat16)  # as load_model(dtype="bfloat16") would cast the stored float32
         seconds, answers = timed(Generator(model, tok, config), prompts, mode == "bf16 autocast", repeats)
         out[mode] = {"seconds": round(seconds, 3), "answers": answers, "refusals": sum(map(judge.is_refusal, answers))}
-        del model
     base = out["float32"]["answers"]
     for mode in MODES:
         answers = out[mode]["answers"]
