@@ -114,8 +114,16 @@ def main() -> None:
         default=None,
         help="oracle test budget of the searches: N, or per mode (transplant=250,add=120); default the preset's",
     )
+    ap.add_argument(
+        "--oracle",
+        action="append",
+        default=[],
+        metavar="MODE:KEY=VALUE",
+        help="search MODE under another [oracle] setting as well (a run of its own, labelled with it), "
+        "e.g. add:accuracy_reference=full",
+    )
     args = ap.parse_args()
-    parts, modes = args.parts.split(","), args.modes.split(",")
+    parts, modes = args.parts.split(","), [m for m in args.modes.split(",") if m]
     public = PublicData.locate(args.data, need="bench_real_pair")
     started = time.perf_counter()
     pair = build_pair(args.recipe, data=public.root)
@@ -141,8 +149,9 @@ def main() -> None:
     if "table" in parts:
         result["table"] = _table(cache, bundles, loaded, public, modes)
     if "minimise" in parts:
-        budgets = _budgets(args.max_tests, modes)
-        result["minimise"] = _minimise(cache, pair, bundles, work, search_csv, held_csv, budgets, loaded, public)
+        runs = {mode: (mode, {}) for mode in modes} | _variants(args.oracle)
+        budgets = _budgets(args.max_tests, runs)
+        result["minimise"] = _minimise(cache, pair, bundles, work, search_csv, held_csv, runs, budgets, loaded, public)
     _from_cache(result, cache.data)
     if "transfer" in parts and "minimise" in result:
         result["transfer"] = _transfer(cache, result["minimise"], bundles, loaded, public, pair.metrics)
@@ -228,22 +237,42 @@ def _table(cache: Cache, bundles: dict, loaded, public: PublicData, modes: list[
     return rows
 
 
-def _budgets(spec: str | None, modes: list[str]) -> dict[str, int | None]:
-    """--max-tests as {mode: budget}; None takes the preset's."""
+def _variants(specs: list[str]) -> dict[str, tuple[str, dict]]:
+    """--oracle MODE:KEY=VALUE as {run name: (mode, {key: value})}; a run name such as
+    "add accuracy_reference=full" keys its cache rows and names its patch."""
+    out: dict[str, tuple[str, dict]] = {}
+    for spec in specs:
+        mode, _, setting = spec.partition(":")
+        key, eq, value = setting.partition("=")
+        if mode not in ("transplant", "add") or not eq:
+            raise SystemExit(f"--oracle {spec!r}: expected MODE:KEY=VALUE with MODE transplant or add")
+        try:
+            parsed = json.loads(value)  # numbers, true/false, null
+        except ValueError:
+            parsed = value  # a word such as full
+        out[f"{mode} {key}={value}"] = (mode, {key: parsed})
+    return out
+
+
+def _budgets(spec: str | None, runs: dict) -> dict[str, int | None]:
+    """--max-tests as {run: budget} (given per mode; a variant takes its mode's); None takes the preset's."""
     if spec is None:
-        return {mode: None for mode in modes}
+        return {name: None for name in runs}
     if "=" not in spec:
-        return {mode: int(spec) for mode in modes}
+        return {name: int(spec) for name in runs}
     given = dict(part.split("=", 1) for part in spec.split(","))
-    return {mode: int(given[mode]) if mode in given else None for mode in modes}
+    return {name: int(given[mode]) if mode in given else None for name, (mode, _) in runs.items()}
 
 
-def _preset(search_csv: Path, held_csv: Path, public: PublicData, max_tests: int | None = None) -> Settings:
+def _preset(
+    search_csv: Path, held_csv: Path, public: PublicData, max_tests: int | None = None, oracle: dict | None = None
+) -> Settings:
     search = {} if max_tests is None else {"max_tests": max_tests}
     return Settings.load(
         "smollm2",
         {
             "search": search,
+            "oracle": dict(oracle or {}),
             "data": {
                 "harmful": str(search_csv),
                 "eval_harmful": str(held_csv),
@@ -253,20 +282,20 @@ def _preset(search_csv: Path, held_csv: Path, public: PublicData, max_tests: int
     )
 
 
-def _minimise(cache, pair, bundles, work, search_csv, held_csv, budgets, loaded, public) -> dict:
+def _minimise(cache, pair, bundles, work, search_csv, held_csv, runs, budgets, loaded, public) -> dict:
     """Each mode's search under its test budget. A search's journal is kept in the work folder: a
     run with another budget resumes it (the tests it already made are free), so that the result of
     a short budget and of a longer one come from one search."""
     out = {}
-    for mode, budget in budgets.items():
-        config = _preset(search_csv, held_csv, public, budget)
-        key = f"minimise/{mode}"
+    for name, (mode, oracle) in runs.items():
+        config = _preset(search_csv, held_csv, public, budgets[name], oracle)
+        key = f"minimise/{name}"
         if cache.data.get(key, {}).get("max_tests", "none") != config.search.max_tests:
             cache.data.pop(key, None)
             cache.data.pop(f"{key}/heldout", None)
 
-        def run(mode=mode, config=config):
-            target = work / f"minimal-{mode}.safetensors"
+        def run(mode=mode, config=config, name=name, oracle=oracle):
+            target = work / f"minimal-{name.replace(' ', '-').replace('=', '-')}.safetensors"
             resume = (target.with_suffix(".run") / "journal.jsonl").is_file()
             t0 = time.perf_counter()
             try:
@@ -283,6 +312,8 @@ def _minimise(cache, pair, bundles, work, search_csv, held_csv, budgets, loaded,
                 return {"stopped": str(exc), "seconds": round(time.perf_counter() - t0, 1)}
             seconds = time.perf_counter() - t0
             return {
+                "mode": mode,
+                "oracle_overrides": oracle,
                 "max_tests": config.search.max_tests,
                 "stopped_at_budget": summary.stopped,
                 "oracle_seconds": _oracle_seconds(tests := _journal_tests(target)),
@@ -300,13 +331,13 @@ def _minimise(cache, pair, bundles, work, search_csv, held_csv, budgets, loaded,
                 "heldout_check": summary.heldout_check,
             }
 
-        out[mode] = cache.get(key, run)
-        if "stopped" in out[mode]:
-            console.print(f"minimise ({mode}) stopped: {out[mode]['stopped']}")
+        out[name] = cache.get(key, run)
+        if "stopped" in out[name]:
+            console.print(f"minimise ({name}) stopped: {out[name]['stopped']}")
             continue
-        out[mode]["heldout"] = cache.get(
-            f"minimise/{mode}/heldout",
-            lambda mode=mode: _heldout_rows(out[mode], bundles[mode], loaded, public, pair.metrics),
+        out[name]["heldout"] = cache.get(
+            f"minimise/{name}/heldout",
+            lambda name=name, mode=mode: _heldout_rows(out[name], bundles[mode], loaded, public, pair.metrics, mode),
         )
     return out
 
@@ -337,7 +368,7 @@ def _early_stop_savings(patch: Path, tests: list[dict]) -> dict:
     }
 
 
-def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict) -> dict:
+def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict, mode: str = "transplant") -> dict:
     """Whole held-out sets: the target before, the full transplant and the minimal patch (the
     run's own held-out evaluation: AdvBench's held-out part, XSTest safe, package benign), plus
     the package's held-out harmful set and plain-text perplexity for each; DAPA's recipe measured
@@ -348,7 +379,7 @@ def _heldout_rows(run: dict, bundle: dict, loaded, public, pair_metrics: dict) -
     rows = {}
     for label, key, p in (
         ("unaligned (before)", "before", None),
-        ("full transplant", "full", full),
+        ("full transplant" if mode == "transplant" else "full additive bundle", "full", full),
         ("minimal patch", "minimal", Patch.load(run["patch"])),
     ):
         m = dict(run["metrics"][key])
@@ -370,9 +401,10 @@ def _transfer(cache, runs: dict, bundles: dict, loaded, public, pair_metrics: di
     """The minimal patches on the second unaligned fine-tune (its own numbers: the build's)."""
     out = {}
     model, tok = loaded("unaligned2")
-    for mode, run in runs.items():
+    for name, run in runs.items():
         if "patch" not in run:
             continue
+        mode = run.get("mode", name)
 
         def go(run=run, mode=mode):
             arch = bundle_arch(Patch.load(bundles[mode]["path"]))
@@ -385,7 +417,7 @@ def _transfer(cache, runs: dict, bundles: dict, loaded, public, pair_metrics: di
                 "unaligned2 + minimal patch": {"metrics": m, "param_share": share(p, arch)},
             }
 
-        out[mode] = cache.get(f"transfer/{mode}", go)
+        out[name] = cache.get(f"transfer/{name}", go)
     return out
 
 
@@ -451,7 +483,8 @@ def _reading_table(judged: dict) -> str:
 def _goals(run: dict, held: dict) -> list[str]:
     """The minimal patch against its goals, in words generated from the held-out rows."""
     rows = {k.split(":")[0]: v for k, v in held.items()}
-    if not {"minimal patch", "full transplant", "DAPA"} <= rows.keys():
+    rows["full"] = rows.get("full transplant") or rows.get("full additive bundle")
+    if not {"minimal patch", "DAPA"} <= rows.keys() or rows["full"] is None:
         return []
 
     def dsr(label: str) -> float:
@@ -460,14 +493,14 @@ def _goals(run: dict, held: dict) -> list[str]:
     def met(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
-    minimal, full, dapa = dsr("minimal patch"), dsr("full transplant"), dsr("DAPA")
+    minimal, full, dapa = dsr("minimal patch"), dsr("full"), dsr("DAPA")
     share_min, share_dapa = rows["minimal patch"]["param_share"], rows["DAPA"]["param_share"]
     check = run.get("heldout_check") or {}
     hours = run.get("oracle_seconds", run["seconds"]) / 3600
     return [
         "Goals on the held-out sets:",
         "",
-        f"- DSR kept: {minimal:.3f} of the full transplant's {full:.3f} = {minimal / full:.1%} (goal at least 90%): "
+        f"- DSR kept: {minimal:.3f} of the full bundle's {full:.3f} = {minimal / full:.1%} (goal at least 90%): "
         f"{met(minimal >= 0.9 * full)}.",
         f"- The run's held-out check (its guards: DSR, perplexity, over-refusal, accuracy): "
         f"{met(bool(check.get('passed')))}.",
@@ -534,6 +567,13 @@ def _markdown(result: dict) -> str:
             lines.append("")
     for mode, run in result.get("minimise", {}).items():
         lines += [f"## minimise, mode {mode}", ""]
+        if run.get("oracle_overrides"):
+            lines += [
+                "Another oracle than the preset's: "
+                + ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in run["oracle_overrides"].items())
+                + " (see docs/configuration.md).",
+                "",
+            ]
         if "stopped" in run:
             lines += [f"The search could not start: {run['stopped'].rstrip('.')}.", ""]
             continue

@@ -147,6 +147,11 @@ class Oracle(Section):
     over_refusal_reference: Literal["target", "full"] = setting(
         "target", "Count the over-refusal rise from the target's over-refusal or the full transplant's."
     )
+    accuracy_reference: Literal["target", "full"] = setting(
+        "target",
+        "Count the benign accuracy drop from the target's accuracy or the full bundle's (for a bundle "
+        "that itself costs accuracy: the search then keeps what the whole patch keeps).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -279,6 +279,43 @@ def test_over_refusal_counted_from_the_full_transplant_when_asked():
         OracleConfig(over_refusal_reference="aligned")
 
 
+def test_accuracy_counted_from_the_full_bundle_when_asked():
+    """A bundle that itself costs accuracy (an additive patch): with accuracy_reference "full" a
+    subset must keep what the whole bundle keeps, not the target's own accuracy."""
+    benign = [type("P", (), {"text": f"b{i}", "reference": "sure"})() for i in range(10)]
+    # a "refused" benign prompt is answered wrongly: the full bundle answers 7 of 10, the target 10
+    fixes = {"A": HARMFUL[:8] + ["b0", "b1"], "B": HARMFUL[8:] + ["b2"]}
+    outcomes = {}
+    for reference in ("target", "full"):
+        cfg = OracleConfig(target_dsr=0.5, max_accuracy_drop=0.0, accuracy_reference=reference)
+        patcher = TensorPatcher(None, {c: {} for c in fixes})
+        gen = ScriptedGenerator(patcher, {c: set(v) for c, v in fixes.items()})
+        oracle = Oracle(
+            None,
+            None,
+            None,
+            HARMFUL,
+            benign=benign,
+            judge=KeywordJudge(),
+            config=cfg,
+            patcher=patcher,
+            full=list(fixes),
+            generator=gen,
+        )
+        oracle.perplexity = lambda: (10.0, len(benign), 20)  # no model here: the guard is off anyway
+        cal = oracle.calibrate()
+        if reference == "target":  # the full bundle itself fails: a search could not start
+            assert cal.full["verdict"] == Verdict.FAIL.value
+            assert cal.full["guards"]["benign_accuracy"] == {"k": 7, "need": 10, "passed": False}
+            continue
+        assert cal.full["benign_accuracy"]["k"] == 7
+        rec = oracle.test_record(["A"])  # DSR 8/12, 8 of 10 correct: more than the full bundle's 7
+        outcomes[reference] = (rec.verdict, rec.metrics["benign_accuracy"]["baseline_k"])
+    assert outcomes["full"] == (Verdict.PASS, 7)
+    with pytest.raises(DdalignError, match="accuracy_reference"):
+        OracleConfig(accuracy_reference="aligned")
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(DdalignError, match="harmful prompt set is empty"):
         scripted_oracle(FIXES, [])

@@ -161,26 +161,31 @@ class BenignAccuracyGuard(Guard):
         if not oracle.scored_benign():
             raise DdalignError(f"oracle {self.key}: the benign prompts have no reference answers")
 
-    def needed(self, config, before: dict, n: int) -> int:
-        """Correct benign answers needed of n: the target's own count less the allowed drop."""
-        return before["benign_accuracy"]["k"] - allowed_at_most(self.bound_of(config), n)
+    def needed(self, config, before: dict, full: dict, n: int) -> tuple[int, int]:
+        """(baseline correct answers, correct answers needed) of n: the baseline is the target's own
+        count, or the full bundle's with accuracy_reference "full"."""
+        reference = full if getattr(config, "accuracy_reference", "target") == "full" else before
+        base_k = reference["benign_accuracy"]["k"]
+        return base_k, base_k - allowed_at_most(self.bound_of(config), n)
 
     def criterion(self, config, before, full, candidate) -> dict:
-        need = self.needed(config, before, candidate["benign_accuracy"]["n"])
+        _, need = self.needed(config, before, full, candidate["benign_accuracy"]["n"])
         k = candidate["benign_accuracy"]["k"]
         return {"k": k, "need": need, "passed": k >= need}
 
     def test(self, oracle, calibration):
         scored = oracle.scored_benign()
-        need = self.needed(oracle.config, calibration.empty, len(scored))
+        base_k, need = self.needed(oracle.config, calibration.empty, calibration.full, len(scored))
         test = CountTest.at_least_count(need, len(scored))
         tokens = oracle.count(scored, test, success="correct", early_stop=True)
         info = count_metrics(test)
-        info.update(baseline_k=calibration.empty["benign_accuracy"]["k"])
+        info.update(baseline_k=base_k)
         return bool(test.verdict), info, {"prompts": test.seen, "tokens": tokens}
 
     def words(self, config: dict) -> str:
-        return f"benign accuracy -{100 * config[self.key]:g} points"
+        return f"benign accuracy -{100 * config[self.key]:g} points" + (
+            " from the full bundle's" if config.get("accuracy_reference") == "full" else ""
+        )
 
 
 _REGISTRY: dict[str, Guard] = {}
