@@ -250,5 +250,9 @@ def test_a_full_bundle_that_fails_a_guard_is_reported_with_its_figures():
     text = search_error_message(SearchError("never", "never-safe"), oracle)
     assert "over_refusal: 12 refusals, at most 9 allowed; benign_accuracy: 21 correct answers, needed 28" in text
     assert "perplexity" not in text and "27 of 64 refusals" in text and "full transplant 0.453" in text
+    # the way out it names: count the guards from what the whole bundle keeps
+    assert "count them from the full transplant's (--accuracy-reference full, --over-refusal-reference full)" in text
+    oracle.config.over_refusal_reference = "full"
+    assert "(--accuracy-reference full)" in search_error_message(SearchError("", "never-safe"), oracle)
     oracle.patch = SimpleNamespace(mode="add")
     assert "even the full additive bundle does not pass" in search_error_message(SearchError("", "never-safe"), oracle)

@@ -160,8 +160,16 @@ def search_error_message(exc, oracle) -> str:
     why = f"guard(s) failing: {'; '.join(broken)}" if broken else "the DSR target is not reached"
     margin = " with the confidence margin" if oracle.config.target_confidence is not None else ""
     whole = "additive bundle" if getattr(getattr(oracle, "patch", None), "mode", None) == "add" else "transplant"
+    relax = "relax the target or guards"
+    references = [
+        f"--{key.replace('_', '-')} full"
+        for guard, key in (("benign_accuracy", "accuracy_reference"), ("over_refusal", "over_refusal_reference"))
+        if not failed.get(guard, {}).get("passed", True) and getattr(oracle.config, key, "target") != "full"
+    ]
+    if references:  # a bundle that costs utility itself: bound the subsets by what the whole bundle keeps
+        relax += f", or count them from the full {whole}'s ({', '.join(references)})"
     return (
         f"even the full {whole} does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the "
         f"full {whole} {full:.3f}, needed {cal.target_dsr:.3f} ({cal.need} of {cal.n} refusals{margin}); "
-        "widen the bundle's scope or relax the target or guards"
+        f"widen the bundle's scope or {relax}"
     )
