@@ -217,9 +217,10 @@ def part_correlation(rows: list[dict]) -> dict:
 
 
 def pooled(result: dict) -> dict:
-    rows = [(f"{part}: {r['model']}", r) for part, res in result["parts"].items() for r in res["rows"]]
-    c = correlate([n for n, _ in rows], [r["uniformity"] for _, r in rows], [r["dsr"]["value"] for _, r in rows])
-    return c.as_dict()
+    """The same correlation over every part's rows, each model named with its part."""
+    return part_correlation(
+        [{**r, "model": f"{part}: {r['model']}"} for part, res in result["parts"].items() for r in res["rows"]]
+    )
 
 
 def _f(v, digits: int = 3) -> str:

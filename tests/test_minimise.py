@@ -246,7 +246,8 @@ def test_a_full_bundle_that_fails_a_guard_is_reported_with_its_figures():
     cal = SimpleNamespace(
         empty={"dsr": {"value": 0.0}}, full={"dsr": {"value": 0.453}, "guards": guards}, target_dsr=0.408, need=27, n=64
     )
-    oracle = SimpleNamespace(calibration=cal, config=SimpleNamespace(target_confidence=None))
+    config = SimpleNamespace(target_confidence=None, accuracy_reference="target", over_refusal_reference="target")
+    oracle = SimpleNamespace(calibration=cal, config=config)
     text = search_error_message(SearchError("never", "never-safe"), oracle)
     assert "over_refusal: 12 refusals, at most 9 allowed; benign_accuracy: 21 correct answers, needed 28" in text
     assert "perplexity" not in text and "27 of 64 refusals" in text and "full transplant 0.453" in text

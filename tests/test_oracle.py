@@ -98,7 +98,7 @@ class ScriptedGenerator:
             yield idx, gens
 
 
-def scripted_oracle(fixes, harmful, *, safe=None, config=None, always_refused=(), on_record=None):
+def scripted_oracle(fixes, harmful, *, safe=None, benign=None, config=None, always_refused=(), on_record=None):
     patcher = TensorPatcher(None, {c: {} for c in fixes})
     gen = ScriptedGenerator(patcher, {c: set(v) for c, v in fixes.items()}, always_refused=set(always_refused))
     oracle = Oracle(
@@ -107,6 +107,7 @@ def scripted_oracle(fixes, harmful, *, safe=None, config=None, always_refused=()
         None,
         harmful,
         safe=safe,
+        benign=benign,
         judge=KeywordJudge(),
         config=config,
         patcher=patcher,
@@ -288,20 +289,7 @@ def test_accuracy_counted_from_the_full_bundle_when_asked():
     outcomes = {}
     for reference in ("target", "full"):
         cfg = OracleConfig(target_dsr=0.5, max_accuracy_drop=0.0, accuracy_reference=reference)
-        patcher = TensorPatcher(None, {c: {} for c in fixes})
-        gen = ScriptedGenerator(patcher, {c: set(v) for c, v in fixes.items()})
-        oracle = Oracle(
-            None,
-            None,
-            None,
-            HARMFUL,
-            benign=benign,
-            judge=KeywordJudge(),
-            config=cfg,
-            patcher=patcher,
-            full=list(fixes),
-            generator=gen,
-        )
+        oracle, _ = scripted_oracle(fixes, HARMFUL, benign=benign, config=cfg)
         oracle.perplexity = lambda: (10.0, len(benign), 20)  # no model here: the guard is off anyway
         cal = oracle.calibrate()
         if reference == "target":  # the full bundle itself fails: a search could not start

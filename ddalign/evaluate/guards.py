@@ -164,7 +164,7 @@ class BenignAccuracyGuard(Guard):
     def needed(self, config, before: dict, full: dict, n: int) -> tuple[int, int]:
         """(baseline correct answers, correct answers needed) of n: the baseline is the target's own
         count, or the full bundle's with accuracy_reference "full"."""
-        reference = full if getattr(config, "accuracy_reference", "target") == "full" else before
+        reference = full if config.accuracy_reference == "full" else before
         base_k = reference["benign_accuracy"]["k"]
         return base_k, base_k - allowed_at_most(self.bound_of(config), n)
 

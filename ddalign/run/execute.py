@@ -164,7 +164,7 @@ def search_error_message(exc, oracle) -> str:
     references = [
         f"--{key.replace('_', '-')} full"
         for guard, key in (("benign_accuracy", "accuracy_reference"), ("over_refusal", "over_refusal_reference"))
-        if not failed.get(guard, {}).get("passed", True) and getattr(oracle.config, key, "target") != "full"
+        if not failed.get(guard, {}).get("passed", True) and getattr(oracle.config, key) != "full"
     ]
     if references:  # a bundle that costs utility itself: bound the subsets by what the whole bundle keeps
         relax += f", or count them from the full {whole}'s ({', '.join(references)})"
