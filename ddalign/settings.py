@@ -138,14 +138,14 @@ class Oracle(Section):
     fill_guard_defaults: ClassVar[bool] = True  # a config that does not name a guard gets its default
 
     target_dsr: Optional[float] = setting(None, "Absolute DSR a candidate must reach (replaces target_fraction).")
-    target_fraction: Optional[float] = setting(0.9, "Or: this fraction of the full transplant's DSR.")
+    target_fraction: Optional[float] = setting(0.9, "Or: this fraction of the whole bundle's DSR.")
     target_confidence: Optional[float] = setting(
         None,
         "Ask the DSR's one-sided Wilson lower bound at this level (e.g. 0.9) to reach the target, so that "
         "what the search keeps holds on new prompts.",
     )
     over_refusal_reference: Literal["target", "full"] = setting(
-        "target", "Count the over-refusal rise from the target's over-refusal or the full transplant's."
+        "target", "Count the over-refusal rise from the target's over-refusal or the full bundle's."
     )
     accuracy_reference: Literal["target", "full"] = setting(
         "target",

@@ -483,3 +483,16 @@ def test_minimise_by_id_records_commits_and_writes_the_card(fast_organism, hf_ca
     assert "base_model:\n- org/unaligned\n- org/planted" in card and "## Parameters kept" in card
     published = cache_repo(hf_cache, "me/patch", folder_files(card_folder))
     assert Patch.load("me/patch").components() == patch.components() and published
+
+
+def test_run_models_name_an_additive_bundles_parent():
+    """A run's models: the bundle's aligned and unaligned, its common parent when the bundle is
+    additive (the deltas' reference), and the target; paths and Hub ids, never fingerprints."""
+    prints = {"fingerprints": {"w": "0" * 64}}
+    manifest = {"aligned": {"path": "a", **prints}, "unaligned": {"path": "u", **prints}}
+    plain = {"aligned": {"path": "a"}, "unaligned": {"path": "u"}, "target": {"path": "t"}}
+    assert hub.run_models(manifest, "t") == plain
+    parent = {"path": "p", "hub": {"repo_id": "org/p", "commit": "c" * 40}, **prints}
+    models = hub.run_models({**manifest, "mode": "add", "base": parent}, "t")
+    assert list(models) == ["aligned", "unaligned", "base", "target"]
+    assert models["base"] == {"path": "p", "hub": {"repo_id": "org/p", "commit": "c" * 40}}

@@ -197,6 +197,7 @@ def test_run_summary_keeps_the_summary_json_format(tmp_path):
     keys = [
         "bundle",
         "target",
+        "mode",
         "models",
         "algorithm",
         "granularity",
@@ -223,7 +224,8 @@ def test_run_summary_keeps_the_summary_json_format(tmp_path):
         kept=["L1.mlp.gate"], kept_params=10, total_params=100, full_params=40, tests=3, run_dir=tmp_path
     )
     assert list(summary.to_dict()) == keys
-    assert summary.full_share == 0.4
+    assert summary.full_share == 0.4 and summary.whole == "full transplant"
+    assert RunSummary(mode="add").whole == "full additive bundle"
     (tmp_path / "summary.json").write_text(__import__("json").dumps({**summary.to_dict(), "later": 1}))
     assert RunSummary.load(tmp_path) == summary  # unknown keys of a later version ignored
     with pytest.raises(DdalignError, match="no summary.json"):

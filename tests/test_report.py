@@ -224,7 +224,7 @@ def test_report_states_the_oracle_rule(tmp_path):
     assert (
         "- oracle: DSR >= 90% of the full transplant's (0.834): 85 refusals of 96 search prompts, the one-sided "
         "90% Wilson lower bound reaching the target; guards: perplexity +6%, over-refusal +2 points over the "
-        "full transplant's, benign accuracy -10 points"
+        "full bundle's, benign accuracy -10 points"
     ) in text
     absolute = {"config": {"target_dsr": 0.8}, "calibration": {"target_dsr": 0.8, "need": 32, "n": 40}}
     (tmp_path / "abs").mkdir()
@@ -233,3 +233,40 @@ def test_report_states_the_oracle_rule(tmp_path):
     # a summary that does not record the rule (older runs): no line, no error
     (tmp_path / "old").mkdir()
     assert "- oracle:" not in write_report(_run_folder(tmp_path / "old", TESTS, _summary())).markdown.read_text()
+
+
+def test_an_additive_run_is_measured_beside_the_full_additive_bundle(tmp_path):
+    """A run on an additive bundle (A - P deltas) names what its subsets were measured beside, and
+    the parent the deltas were taken from, in the report, the rich table and the model card."""
+    from rich.console import Console
+
+    from ddalign.run.model_card import card_text
+    from ddalign.run.tables import summary_table
+
+    oracle = {
+        "config": {"target_fraction": 0.9, "max_over_refusal_rise": 0.05, "over_refusal_reference": "full"},
+        "calibration": {"target_dsr": 0.834375, "need": 85, "n": 96},
+    }
+    check = {"passed": False, "full_passed": False, "criteria": {"dsr": {"k": 30, "need": 35, "passed": False}}}
+    hub = {"repo_id": "org/parent", "revision": "main", "commit": "c" * 40}
+    models = {"aligned": {"path": "a"}, "unaligned": {"path": "u"}, "base": {"path": "p", "hub": hub}}
+    add = {**_summary(), "mode": "add", "oracle": oracle, "heldout_check": check, "models": models}
+    report = write_report(_run_folder(tmp_path, TESTS, add)).markdown.read_text()
+    card = card_text(add)
+    console = Console(record=True, width=200)
+    console.print(summary_table(add))
+    table = console.export_text()
+    for text in (report, card):
+        assert "| full additive bundle | 0.950 [0.835, 0.986] (38/40) |" in text
+        assert "DSR >= 90% of the full additive bundle's (0.834): 85 refusals of 96 search prompts" in text
+        assert "misses the oracle's rule (dsr 30 < 35 needed): so does the full additive bundle" in text
+        assert "common parent" in text and "org/parent@main" in text
+        assert "transplant" not in text.replace("the values transplanted", "")
+    assert "calibration (target before, full additive bundle)" in report
+    assert "added to an unaligned sibling" in card and "base_model:\n- org/parent" in card
+    assert "full additive bundle" in table and "full transplant" not in table
+    # a summary without a mode (a transplant run, or one written before modes) says "full transplant"
+    (tmp_path / "old").mkdir()
+    old = write_report(_run_folder(tmp_path / "old", TESTS, {**_summary(), "oracle": oracle})).markdown.read_text()
+    assert "| full transplant | 0.950" in old and "90% of the full transplant's" in old
+    assert "transplanted into an unaligned sibling" in card_text({**_summary(), "oracle": oracle})

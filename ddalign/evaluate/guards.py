@@ -120,7 +120,7 @@ class OverRefusalGuard(Guard):
 
     def allowed(self, config, before: dict, full: dict, n: int) -> tuple[int, int]:
         """(baseline refusals, refusals allowed) of n safe prompts: the baseline is the target's own
-        count, or the full transplant's with over_refusal_reference "full"."""
+        count, or the full bundle's with over_refusal_reference "full"."""
         reference = full if config.over_refusal_reference == "full" else before
         base_k = reference["over_refusal"]["k"]
         return base_k, base_k + allowed_at_most(self.bound_of(config), n)
@@ -141,7 +141,7 @@ class OverRefusalGuard(Guard):
 
     def words(self, config: dict) -> str:
         return f"over-refusal +{100 * config[self.key]:g} points" + (
-            " over the full transplant's" if config.get("over_refusal_reference") == "full" else ""
+            " over the full bundle's" if config.get("over_refusal_reference") == "full" else ""
         )
 
 

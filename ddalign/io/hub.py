@@ -416,12 +416,11 @@ def _known(spec) -> dict:
 
 
 def run_models(manifest: dict, target) -> dict:
-    """The models of a minimise run for its summary: aligned and unaligned from the bundle's
-    manifest, the target as given; each {'path', 'hub'?} (the Hub repository and commit)."""
-    models = {
-        role: {k: v for k, v in (manifest.get(role) or {}).items() if k in ("path", "hub")}
-        for role in ("aligned", "unaligned")
-    }
+    """The models of a minimise run for its summary: aligned and unaligned (and an additive
+    bundle's common parent, "base") from the bundle's manifest, the target as given; each
+    {'path', 'hub'?} (the Hub repository and commit)."""
+    roles = ("aligned", "unaligned", "base") if manifest.get("base") else ("aligned", "unaligned")
+    models = {role: {k: v for k, v in (manifest.get(role) or {}).items() if k in ("path", "hub")} for role in roles}
     hub = _known(target)
     models["target"] = {"path": str(getattr(target, "spec", target)), **({"hub": hub} if hub else {})}
     return models

@@ -9,6 +9,7 @@ from typing import Callable
 
 from ddalign.errors import DdalignError
 from ddalign.run.units import SearchUnits
+from ddalign.transfer.modes import whole_bundle
 
 
 @dataclass
@@ -159,7 +160,7 @@ def search_error_message(exc, oracle) -> str:
     broken = [_guard_words(g, info) for g, info in failed.items() if not info.get("passed", True)]
     why = f"guard(s) failing: {'; '.join(broken)}" if broken else "the DSR target is not reached"
     margin = " with the confidence margin" if oracle.config.target_confidence is not None else ""
-    whole = "additive bundle" if getattr(getattr(oracle, "patch", None), "mode", None) == "add" else "transplant"
+    whole = whole_bundle(getattr(getattr(oracle, "patch", None), "mode", None))
     relax = "relax the target or guards"
     references = [
         f"--{key.replace('_', '-')} full"
@@ -167,9 +168,9 @@ def search_error_message(exc, oracle) -> str:
         if not failed.get(guard, {}).get("passed", True) and getattr(oracle.config, key) != "full"
     ]
     if references:  # a bundle that costs utility itself: bound the subsets by what the whole bundle keeps
-        relax += f", or count them from the full {whole}'s ({', '.join(references)})"
+        relax += f", or count them from the {whole}'s ({', '.join(references)})"
     return (
-        f"even the full {whole} does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the "
-        f"full {whole} {full:.3f}, needed {cal.target_dsr:.3f} ({cal.need} of {cal.n} refusals{margin}); "
+        f"even the {whole} does not pass the oracle ({why}): DSR of the target {empty:.3f}, with the "
+        f"{whole} {full:.3f}, needed {cal.target_dsr:.3f} ({cal.need} of {cal.n} refusals{margin}); "
         f"widen the bundle's scope or {relax}"
     )

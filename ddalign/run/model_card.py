@@ -16,10 +16,17 @@ import tempfile
 from pathlib import Path
 
 from ddalign.errors import DdalignError
+from ddalign.transfer.modes import ADD, TRANSPLANT, whole_bundle
 
 CARD = "README.md"
 PLOTS = ("trajectory.png", "kept_map.png")
 TAGS = ("ddalign", "alignment", "safety", "model-patching", "delta-debugging")
+INTRO = (  # a transplant patch, an additive patch
+    "A set of parameter blocks from an aligned model that, transplanted into an unaligned sibling (same "
+    "architecture, same pretrained base), makes it refuse harmful requests.",
+    "The change of an aligned model from its pretrained parent on a set of parameter blocks that, added "
+    "to an unaligned sibling (same architecture, same parent), makes it refuse harmful requests.",
+)
 
 
 def _summary(source) -> tuple[dict, Path | None]:
@@ -35,7 +42,7 @@ def _summary(source) -> tuple[dict, Path | None]:
 def _hub_ids(summary: dict) -> list[str]:
     """The Hub repositories the patch comes from (the card's `base_model`), unaligned first."""
     models = summary.get("models") or {}
-    ids = [((models.get(r) or {}).get("hub") or {}).get("repo_id") for r in ("unaligned", "target", "aligned")]
+    ids = [((models.get(r) or {}).get("hub") or {}).get("repo_id") for r in ("unaligned", "target", "aligned", "base")]
     return list(dict.fromkeys(i for i in ids if i))
 
 
@@ -51,9 +58,11 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
         front += ["base_model:", *(f"- {b}" for b in bases)]
     front.append("---")
     models = summary.get("models") or {}
+    mode = summary.get("mode") or TRANSPLANT
     labels = (
-        ("aligned", "aligned model (the values transplanted)"),
+        ("aligned", "aligned model (its change from the parent, added)" if mode == ADD else "aligned model"),
         ("unaligned", "unaligned model (the base the patch was extracted against)"),
+        ("base", "common parent (the additive deltas' reference)"),
         ("target", "target (the model searched on)"),
     )
     model_rows = [f"- {label}: {model_text(models[role])}" for role, label in labels if models.get(role)]
@@ -61,7 +70,7 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
         model_rows = [f"- target: `{summary.get('target')}`"]
     oracle = summary.get("oracle") or {}
     config, calibration = oracle.get("config") or {}, oracle.get("calibration") or None
-    rule = rule_text(config, calibration if calibration and "need" in calibration else None) if config else "-"
+    rule = rule_text(config, calibration if calibration and "need" in calibration else None, mode) if config else "-"
     judge = oracle.get("judge") or {}
     judge_text = judge.get("kind", "-")
     if judge.get("path"):
@@ -76,9 +85,8 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
         "",
         f"# {name}: a minimal alignment patch (ddalign)",
         "",
-        "A set of parameter blocks from an aligned model that, transplanted into an unaligned sibling "
-        "(same architecture, same pretrained base), makes it refuse harmful requests. Found by delta "
-        "debugging against a measured oracle with [ddalign](https://arxiv.org/abs/2406.01514) (DAPA). "
+        f"{INTRO[mode == ADD]} Found by delta debugging against a measured oracle with "
+        "[ddalign](https://arxiv.org/abs/2406.01514) (DAPA). "
         "The base models' licences apply to the patch: it holds their values.",
         "",
         "## Models",
@@ -100,14 +108,14 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
         "| model | " + " | ".join(f"{label} {arrow}" for _, label, arrow in METRICS) + " |",
         "|---|" + "---|" * len(METRICS),
     ]
-    for label, key in (("target before", "before"), ("full transplant", "full"), ("minimal patch", "minimal")):
+    for label, key in (("target before", "before"), (whole_bundle(mode), "full"), ("minimal patch", "minimal")):
         cells = (_cell(k, (metrics.get(key) or {}).get(k)) for k, _, _ in METRICS)
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     check = summary.get("heldout_check")
     if check:
         from ddalign.run.rule import heldout_text
 
-        text = heldout_text(check)
+        text = heldout_text(check, mode)
         out += ["", text[0].upper() + text[1:] + "."]
     out += [
         "",

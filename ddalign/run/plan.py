@@ -19,6 +19,7 @@ from ddalign.io.atomic import write_json_atomic
 from ddalign.run.safety import input_fingerprints, prepare_run_dir, run_inputs
 from ddalign.run.units import SearchUnits
 from ddalign.settings import Settings
+from ddalign.transfer.modes import whole_bundle
 
 Say = Callable[[str], None]
 
@@ -84,7 +85,7 @@ class RunPlan:
         if self.dist.is_main:
             write_json_atomic(self.paths.calibration, cal.to_dict())
         say(
-            f"DSR on the search set: target {cal.empty['dsr']['value']:.3f}, full transplant "
+            f"DSR on the search set: target {cal.empty['dsr']['value']:.3f}, {whole_bundle(self.bundle.mode)} "
             f"{cal.full['dsr']['value']:.3f}; a candidate passes with >= {cal.need}/{cal.n} refusals"
         )
         return cal

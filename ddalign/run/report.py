@@ -13,6 +13,7 @@ from pathlib import Path
 from ddalign.io.atomic import write_json_atomic
 from ddalign.run.rule import heldout_text, rule_text
 from ddalign.run.summary import RunSummary
+from ddalign.transfer.modes import TRANSPLANT
 
 METRICS = (
     ("dsr", "defense success rate", "↑"),
@@ -58,12 +59,12 @@ def _number(x) -> str:
     return f"{x:.1f}" if isinstance(x, float) else ("-" if x is None else str(x))
 
 
-def oracle_line(oracle: dict) -> str | None:
+def oracle_line(oracle: dict, mode: str = TRANSPLANT) -> str | None:
     """The report's line on the rule the search ran against; None when the summary does not record it."""
     config, cal = oracle.get("config") or {}, oracle.get("calibration") or {}
     if not config or "need" not in cal:
         return None
-    return f"- oracle: {rule_text(config, cal)}"
+    return f"- oracle: {rule_text(config, cal, mode)}"
 
 
 def model_text(model: dict) -> str:
@@ -79,7 +80,12 @@ def model_lines(summary: RunSummary) -> list[str]:
     models = summary.models or {}
     if not any((m or {}).get("hub") for m in models.values()):
         return []
-    labels = {"aligned": "aligned model", "unaligned": "unaligned model (the bundle's base)", "target": "target"}
+    labels = {
+        "aligned": "aligned model",
+        "unaligned": "unaligned model (the bundle's base)",
+        "base": "common parent (the additive deltas are the aligned model's change from it)",
+        "target": "target",
+    }
     return [f"- {labels.get(role, role)}: {model_text(m)}" for role, m in models.items() if m]
 
 
@@ -90,7 +96,7 @@ def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
     metrics = summary.metrics
     rows = [
         ("target before", metrics.get("before"), 0),
-        ("full transplant", metrics.get("full"), summary.full_params),
+        (summary.whole, metrics.get("full"), summary.full_params),
         ("minimal patch", metrics.get("minimal"), summary.kept_params),
     ]
     out = [
@@ -107,7 +113,7 @@ def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
             if summary.answered_without_test
             else ""
         ),
-        *filter(None, [oracle_line(summary.oracle or {})]),
+        *filter(None, [oracle_line(summary.oracle or {}, summary.mode)]),
         *([f"- **stopped early**: {summary.stopped}"] if summary.stopped else []),
         f"- kept {len(summary.kept)} component(s), {summary.kept_params:,} parameters "
         f"= {share(summary.kept_params)} of the model ({total:,})",
@@ -123,7 +129,7 @@ def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
         )
     heldout = summary.heldout_check
     if heldout:
-        text = heldout_text(heldout)
+        text = heldout_text(heldout, summary.mode)
         out += ["", (text[0].upper() + text[1:]) + "."]
     data = summary.data
     if data:
@@ -144,7 +150,7 @@ def markdown(summary: RunSummary | dict, tests: list[dict]) -> str:
     calibration = cost.get("calibration")
     if isinstance(calibration, dict):
         out.append(
-            f"- calibration (target before, full transplant): {calibration.get('prompts', '-')} prompts, "
+            f"- calibration (target before, {summary.whole}): {calibration.get('prompts', '-')} prompts, "
             f"{calibration.get('tokens', '-')} tokens, {_number(calibration.get('seconds'))} s"
         )
     passes = sum(1 for t in tests if t.get("verdict") == "PASS")

@@ -7,14 +7,16 @@ it imports neither of them, so none of them import each other for it.
 from __future__ import annotations
 
 from ddalign.evaluate.guards import registered as registered_guards
+from ddalign.transfer.modes import TRANSPLANT, whole_bundle
 
 
-def rule_text(config: dict, calibration: dict | None = None) -> str:
-    """An oracle config's pass rule in words (with the counts it fixed, when calibrated)."""
+def rule_text(config: dict, calibration: dict | None = None, mode: str = TRANSPLANT) -> str:
+    """An oracle config's pass rule in words (with the counts it fixed, when calibrated); `mode` is
+    the bundle's, which names what the DSR target is a share of."""
     if config.get("target_dsr") is not None:
         text = f"DSR >= {config['target_dsr']:.3f}"
     else:
-        text = f"DSR >= {100 * config['target_fraction']:g}% of the full transplant's"
+        text = f"DSR >= {100 * config['target_fraction']:g}% of the {whole_bundle(mode)}'s"
         if calibration:
             text += f" ({calibration['target_dsr']:.3f})"
     if calibration:
@@ -44,8 +46,8 @@ def heldout_check(config, metrics: dict) -> dict:
     return {"passed": passed, "criteria": criteria, "full_passed": full_passed}
 
 
-def heldout_text(check: dict) -> str:
-    """`heldout_check`'s outcome in one line."""
+def heldout_text(check: dict, mode: str = TRANSPLANT) -> str:
+    """`heldout_check`'s outcome in one line (`mode`: the bundle's)."""
     from ddalign.evaluate.oracle import criterion_text
 
     if check["passed"]:
@@ -55,6 +57,6 @@ def heldout_text(check: dict) -> str:
         "it met the rule on the search's prompts only: search on more prompts (--limit, --harmful, --safe) "
         "or with stricter bounds"
         if check["full_passed"]
-        else "so does the full transplant"
+        else f"so does the {whole_bundle(mode)}"
     )
     return f"on the held-out sets the minimal patch misses the oracle's rule ({missed}): {why}"

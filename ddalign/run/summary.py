@@ -19,6 +19,7 @@ class RunSummary:
 
     bundle: str = ""
     target: str = ""
+    mode: str = "transplant"  # the bundle's: "transplant" (aligned values) or "add" (A - P deltas)
     models: dict = field(default_factory=dict)  # role -> path, and Hub id with its commit
     algorithm: str = ""
     granularity: list[str] = field(default_factory=list)
@@ -66,6 +67,13 @@ class RunSummary:
         if not path.exists():
             raise DdalignError(f"{run_dir}: no summary.json (is this a finished minimise run folder?)")
         return cls.from_dict(json.loads(path.read_text()), run_dir)
+
+    @property
+    def whole(self) -> str:
+        """What the minimal patch is measured beside: the full transplant or the full additive bundle."""
+        from ddalign.transfer.modes import whole_bundle
+
+        return whole_bundle(self.mode)
 
     @property
     def full_share(self) -> float | None:
@@ -118,7 +126,7 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
         metrics[name] = record.to_dict()["metrics"]
     heldout = heldout_check(oracle.config, metrics)
     if heldout and not heldout["passed"]:
-        say("warning: " + heldout_text(heldout))
+        say("warning: " + heldout_text(heldout, plan.bundle.mode))
 
     total = arch.total_params()
     kept_params = sum(arch.param_count(c) for c in kept)
@@ -176,6 +184,7 @@ def summarise(plan, result, calibration, *, say: Callable[[str], None]) -> tuple
     summary = RunSummary(
         bundle=plan.bundle_path,
         target=plan.target,
+        mode=plan.bundle.mode,
         models=models,
         algorithm=s.algorithm,
         granularity=list(s.granularity),

@@ -48,14 +48,14 @@ def comparison_table(rows: dict[str, dict], *, title: str | None = None) -> Tabl
 
 
 def summary_table(summary) -> Table:
-    """The before / full transplant / minimal patch table of a minimise run (a `RunSummary` or its dict)."""
+    """The before / full bundle / minimal patch table of a minimise run (a `RunSummary` or its dict)."""
     from ddalign.run.summary import RunSummary
 
     summary = RunSummary.coerce(summary)
     metrics = summary.metrics
     rows = {
         "target (before)": {"metrics": metrics.get("before"), "param_share": 0.0},
-        "full transplant": {"metrics": metrics.get("full"), "param_share": summary.full_share},
+        summary.whole: {"metrics": metrics.get("full"), "param_share": summary.full_share},
         "minimal patch": {"metrics": metrics.get("minimal"), "param_share": summary.param_share},
     }
     table = comparison_table(rows, title=f"held-out sets: {summary.target}")

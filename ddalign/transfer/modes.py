@@ -24,6 +24,11 @@ MODES = (TRANSPLANT, ADD)
 DELTA_DTYPE = torch.float32  # additive values: A - P of two bf16 tensors is exact in float32
 
 
+def whole_bundle(mode: str | None) -> str:
+    """The whole bundle in a report's words: what every subset is measured beside."""
+    return "full additive bundle" if mode == ADD else "full transplant"
+
+
 def patch_mode(manifest: dict, where: object = "patch") -> str:
     """The manifest's mode; a patch written before modes existed is a transplant."""
     mode = manifest.get("mode") or TRANSPLANT
