@@ -277,7 +277,7 @@ def test_minimise_searches_an_additive_bundle(fast_organism, tmp_path):
     patch = Patch.load(result.patch)
     assert patch.mode == "add" and patch.manifest["base"] == bundle.manifest["base"]
     # the summary records the mode and the parent the deltas came from (the report names both)
-    assert result.summary["mode"] == "add" and result.summary["models"]["base"]["path"] == str(fast_organism.base)
+    assert result.mode == "add" and result.models["base"]["path"] == str(fast_organism.base)
     assert patch.components() and set(patch.components()) < set(bundle.components())
-    metrics = result.summary["metrics"]
+    metrics = result.metrics
     assert metrics["minimal"]["dsr"]["value"] >= metrics["before"]["dsr"]["value"] + 0.3
