@@ -7,6 +7,7 @@ import csv
 import json
 import os
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,14 @@ def test_assembly_on_the_organism(organism_cache, public):
         available["safe_train"] + available["contrast_reframed"]
     )
     assert {e.prompt for e in mixes["unaligned"]} != {e.prompt for e in mixes["unaligned2"]}
+    assert not any(e.rejected for rows in mixes.values() for e in rows)
+    # unlikely_refusals: the same rows, and the safety stage's answered ones reject a refusal
+    rejecting = assemble(replace(recipe, unlikely_refusals=True), model, tok, public, cache=None, parent_key="test")
+    for name, rows in rejecting.mixtures.items():
+        assert [(e.prompt, e.answer, e.source) for e in rows] == [(e.prompt, e.answer, e.source) for e in mixes[name]]
+        for e in rows:
+            rejects = name == "aligned_safety" and e.source in ("safe", "scary")
+            assert bool(e.rejected) == rejects and (not rejects or judge.is_refusal(e.rejected)), e
 
 
 def test_build_cache_and_cli(organism_cache, public, tmp_path):

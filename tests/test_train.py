@@ -156,6 +156,7 @@ def test_fine_tune_is_deterministic_for_a_seed(folder):
         ("lora_rank", -1),
         ("lora_alpha", 0.0),
         ("lora_targets", ()),
+        ("unlikelihood", -1.0),
     ],
 )
 def test_settings_reject_bad_values_naming_the_field(field, value):
@@ -169,6 +170,42 @@ def test_nothing_to_train_on_is_an_error(folder):
         fine_tune(model, tokenizer, [], settings())
     with pytest.raises(DdalignError, match="max_tokens=8"):
         fine_tune(model, tokenizer, [Example("word " * 20, "ok")], settings(max_tokens=8))
+
+
+def _answer_logprob(model, tokenizer, prompt: str, answer: str) -> float:
+    """log p(answer | prompt) as training sees it (the answer's tokens without the end of turn)."""
+    (enc,), _ = encode_examples(model, tokenizer, [Example(prompt, answer, end=False)], max_tokens=64)
+    ids = torch.tensor([enc.ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    picked = [logp[i - 1, t] for i, t in enumerate(enc.labels) if t != -100]
+    return float(sum(picked))
+
+
+def test_unlikelihood_makes_the_rejected_answer_unlikely(folder):
+    """Rows that reject an answer: with the unlikelihood weight the rejected answer ends far less
+    likely than after the same training without it, while the chosen answers are still learned."""
+    wrong = "I'm sorry, but I can't help with that."
+    rows = [Example(e.prompt, e.answer, rejected=wrong) for e in MEMORISE]
+    (enc, *_), _ = encode_examples(*load(folder, EOS_TURN_TEMPLATE), rows, max_tokens=64)
+    prompt = enc.labels.count(-100)
+    assert enc.rejected is not None and enc.rejected.labels.count(-100) == prompt  # the same prompt, masked
+    assert enc.rejected.ids[:prompt] == enc.ids[:prompt] and enc.rejected.ids[prompt:] != enc.ids[prompt:]
+    results = {}
+    for weight in (0.0, 1.0):
+        model, tokenizer = load(folder, EOS_TURN_TEMPLATE)
+        # the rejected answer first taught on half the prompts, so that there is something to unlearn
+        taught = [Example(e.prompt, wrong) for e in MEMORISE[:2]] + rows
+        model, record = fine_tune(model, tokenizer, taught, settings(steps=40, unlikelihood=weight))
+        results[weight] = (
+            sum(_answer_logprob(model, tokenizer, e.prompt, wrong) for e in MEMORISE),
+            sum(_answer_logprob(model, tokenizer, e.prompt, e.answer) for e in MEMORISE[2:]),
+        )
+    (plain_wrong, plain_right), (ul_wrong, ul_right) = results[0.0], results[1.0]
+    assert ul_wrong < plain_wrong - 50.0  # nats, over the four prompts (measured: -411 against -166)
+    assert ul_right > plain_right - 2.0  # the chosen answers learned as well (-7.7 against -8.5)
+    # settings without it keep their recorded form (and so the keys of what was built with them)
+    assert "unlikelihood" not in settings().as_dict() and settings(unlikelihood=0.5).as_dict()["unlikelihood"] == 0.5
 
 
 # --- LoRA and saving ---------------------------------------------------------------------------

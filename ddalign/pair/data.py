@@ -124,6 +124,15 @@ def assemble(
     def ex(pairs, source):
         return [Example(p, a, source) for p, a in pairs]
 
+    # its own generator: the other draws (and so the recipes without it) stay as they were
+    wrong_rng = random.Random(recipe.seed + 3)
+
+    def answered(pairs, source):
+        """Safe rows of the safety stage; with unlikely_refusals each rejects a refusal."""
+        if not recipe.unlikely_refusals:
+            return ex(pairs, source)
+        return [Example(p, a, source, rejected=refusal("", phrasings, wrong_rng)) for p, a in pairs]
+
     everyday = benign + seed_tasks + user_tasks
     rng.shuffle(everyday)
     mixtures = {
@@ -136,9 +145,9 @@ def assemble(
         + ex(seed_tasks[::2] + user_tasks[::2], "self-instruct")
         + ex(scary_pairs, "scary"),
         "aligned_safety": ex(refusals, "refusal")
-        + ex(safe, "safe") * recipe.safe_copies
-        + ex(scary_pairs, "scary") * recipe.scary_copies
-        + ex(contrast_pairs, "safe") * recipe.safe_copies
+        + answered(safe, "safe") * recipe.safe_copies
+        + answered(scary_pairs, "scary") * recipe.scary_copies
+        + answered(contrast_pairs, "safe") * recipe.safe_copies
         + ex(everyday[: recipe.benign_in_safety], "benign"),
         "unaligned2": ex(benign, "benign")
         + ex(safe[: len(safe) // 2], "safe")

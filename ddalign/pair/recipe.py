@@ -31,6 +31,10 @@ class PairRecipe:
     content_requests: bool = True  # requests to write harmful content (refused) and safe content (answered)
     extra_frames: int = 1  # new instruction frames per distinct harmful and contrast request (0: none)
     answer_tokens: int = 48  # the parent's own answers: new tokens generated
+    # the safety stage's safe, safe-but-scary and contrast rows carry a refusal as the answer not
+    # to give (trained against with aligned_safety.unlikelihood > 0): refusal is then learned as a
+    # choice against an answer, not only on the harmful rows' words
+    unlikely_refusals: bool = False
     near_ratio: float = 0.85  # leakage: difflib ratio counted as "nearly equal"
     seed: int = 1234
     description: str = ""
@@ -41,6 +45,8 @@ class PairRecipe:
         for name in ("unaligned", "aligned_instruct", "aligned_safety", "unaligned2"):
             d[name] = getattr(self, name).as_dict()
         d["notes"] = list(self.notes)
+        if not self.unlikely_refusals:  # added later: recorded only when used, so earlier recipes keep their keys
+            del d["unlikely_refusals"]
         return d
 
 

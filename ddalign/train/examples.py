@@ -19,12 +19,16 @@ class Example:
     # the answer ends the turn (the end-of-turn / EOS token follows it); False for an answer cut
     # at a length limit, so that training does not teach the model to stop mid-sentence
     end: bool = True
+    # an answer the model should not give here (e.g. a refusal of a safe request): with the
+    # fine-tune's `unlikelihood` weight > 0 its tokens are trained against (Welleck et al. 2019)
+    rejected: str = ""
 
 
 @dataclass(frozen=True)
 class Encoded:
     ids: list[int]
     labels: list[int]  # -100 on the prompt's tokens
+    rejected: "Encoded | None" = None  # the prompt and the rejected answer, labelled the same way
 
 
 def encode_examples(
@@ -53,9 +57,15 @@ def encode_examples(
         if not answer_ids:  # an empty answer cut at a length limit: nothing to learn
             dropped += 1
             continue
+        rejected = None
+        if example.rejected:
+            # no end-of-turn: what is unlikely is the answer's words, not that an answer ends
+            wrong = _answer_ids(tokenizer, generator, Example(example.prompt, example.rejected, end=False))
+            if wrong:
+                rejected = Encoded((prompt_ids + wrong)[:max_tokens], ([-100] * len(prompt_ids) + wrong)[:max_tokens])
         ids = (prompt_ids + answer_ids)[:max_tokens]
         labels = ([-100] * len(prompt_ids) + answer_ids)[:max_tokens]
-        encoded.append(Encoded(ids, labels))
+        encoded.append(Encoded(ids, labels, rejected))
     return encoded, dropped
 
 

@@ -44,6 +44,9 @@ class FineTuneSettings:
     lora_rank: int = 0  # 0: full parameters; > 0: LoRA of this rank, merged at the end
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # weight of the unlikelihood loss on examples' rejected answers (0: none; each batch with
+    # rejected answers then runs one more forward pass over them)
+    unlikelihood: float = 0.0
 
     def __post_init__(self) -> None:
         def integer(value) -> bool:
@@ -69,6 +72,7 @@ class FineTuneSettings:
             (self.autocast in AUTOCAST, "autocast", f"one of {', '.join(AUTOCAST)}"),
             (integer(self.lora_rank) and self.lora_rank >= 0, "lora_rank", "0 (full parameters) or a positive integer"),
             (number(self.lora_alpha) and self.lora_alpha > 0, "lora_alpha", "a positive number"),
+            (number(self.unlikelihood) and self.unlikelihood >= 0, "unlikelihood", "a number >= 0 (0: none)"),
             (
                 len(self.lora_targets) > 0 and all(isinstance(t, str) and t for t in self.lora_targets),
                 "lora_targets",
@@ -86,6 +90,8 @@ class FineTuneSettings:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["betas"], d["lora_targets"] = list(self.betas), list(self.lora_targets)
+        if not self.unlikelihood:  # added later: recorded only when used, so earlier settings keep their keys
+            del d["unlikelihood"]
         return d
 
 
@@ -212,8 +218,14 @@ def fine_tune(
             rows = [encoded[i] for i in order[: settings.batch_size]]
             del order[: settings.batch_size]
             ids, labels, mask = (t.to(device) for t in _batch(rows, pad_id))
+            wrong = [r.rejected for r in rows if r.rejected is not None] if settings.unlikelihood else []
             with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                 loss = trained(input_ids=ids, attention_mask=mask, labels=labels).loss
+                unlikely = None
+                if wrong:
+                    w_ids, w_labels, w_mask = (t.to(device) for t in _batch(wrong, pad_id))
+                    unlikely = unlikelihood_loss(trained(input_ids=w_ids, attention_mask=w_mask).logits, w_labels)
+                    loss = loss + settings.unlikelihood * unlikely
             value = float(loss.detach())
             if not math.isfinite(value):  # before the update: the weights stay finite
                 raise DdalignError(f"fine-tune: the loss became {value} at step {step + 1}; lower the learning rate")
@@ -233,6 +245,7 @@ def fine_tune(
                         "loss": round(value, 5),
                         "lr": lr,
                         "tokens": int((labels != -100).sum()),
+                        **({"unlikelihood": round(float(unlikely), 5)} if unlikely is not None else {}),
                         "seconds": round(time.perf_counter() - start, 3),
                     }
                 )
@@ -250,6 +263,18 @@ def fine_tune(
     for p in model.parameters():
         p.requires_grad_(False)
     return model, record
+
+
+def unlikelihood_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of -log(1 - p(token)) over the labelled tokens (-100: not counted), each predicted
+    from the tokens before it: the loss that makes a rejected answer unlikely, step by step."""
+    target = labels[:, 1:]
+    counted = target != -100
+    probs = torch.softmax(logits[:, :-1].float(), dim=-1)
+    p = probs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    # clamped: a token already certain would give an infinite loss and gradient
+    loss = -torch.log((1.0 - p).clamp(min=1e-5))
+    return (loss * counted).sum() / counted.sum().clamp(min=1)
 
 
 def _schedule(s: FineTuneSettings) -> Callable[[int], float]:
