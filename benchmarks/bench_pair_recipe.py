@@ -52,6 +52,14 @@ def variants(base: PairRecipe) -> dict[str, tuple[str, PairRecipe]]:
             "safe, safe-but-scary and contrast rows of the safety stage reject a refusal (unlikelihood loss, weight 1)",
             replace(base, unlikely_refusals=True, aligned_safety=replace(safety, unlikelihood=1.0)),
         ),
+        "unlikelihood-0.3": (
+            "as unlikelihood, weight 0.3",
+            replace(base, unlikely_refusals=True, aligned_safety=replace(safety, unlikelihood=0.3)),
+        ),
+        "unlikelihood-240": (
+            "as unlikelihood, weight 1, the safety stage 240 steps (the package's: 160)",
+            replace(base, unlikely_refusals=True, aligned_safety=replace(safety, unlikelihood=1.0, steps=240)),
+        ),
     }
 
 

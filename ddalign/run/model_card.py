@@ -62,7 +62,7 @@ def card_text(summary: dict, *, repo_id: str | None = None, plots: bool = False)
     labels = (
         ("aligned", "aligned model (its change from the parent, added)" if mode == ADD else "aligned model"),
         ("unaligned", "unaligned model (the base the patch was extracted against)"),
-        ("base", "common parent (the additive deltas' reference)"),
+        ("base", "common parent (the deltas are the aligned model's change from it)"),
         ("target", "target (the model searched on)"),
     )
     model_rows = [f"- {label}: {model_text(models[role])}" for role, label in labels if models.get(role)]

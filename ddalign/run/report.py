@@ -83,7 +83,7 @@ def model_lines(summary: RunSummary) -> list[str]:
     labels = {
         "aligned": "aligned model",
         "unaligned": "unaligned model (the bundle's base)",
-        "base": "common parent (the additive deltas are the aligned model's change from it)",
+        "base": "common parent (the deltas are the aligned model's change from it)",
         "target": "target",
     }
     return [f"- {labels.get(role, role)}: {model_text(m)}" for role, m in models.items() if m]
