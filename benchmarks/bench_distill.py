@@ -473,9 +473,10 @@ def fine_tune_settings(args, defaults: dict) -> FineTuneSettings:
 
 
 def organism_part(args) -> dict:
+    from ddalign.cache import cache_root
     from ddalign.evaluate.runner import evaluate_model
     from ddalign.organism import build
-    from ddalign.organism.build import HELDOUT_SETS, cache_root
+    from ddalign.organism.build import HELDOUT_SETS
     from ddalign.organism.presets import get_preset
 
     preset = get_preset(args.preset)

@@ -34,7 +34,7 @@ from ddalign.bars import stage_bars  # noqa: E402
 from ddalign.evaluate.generate import load_model  # noqa: E402
 from ddalign.io.atomic import write_json_atomic  # noqa: E402
 from ddalign.pair import build_pair  # noqa: E402
-from ddalign.pair.build import pair_key  # noqa: E402
+from ddalign.pair.build import answers_cache, pair_key, parent_digest  # noqa: E402
 from ddalign.pair.data import assemble  # noqa: E402
 from ddalign.pair.measure import measure_models  # noqa: E402
 from ddalign.pair.public import PublicData  # noqa: E402
@@ -65,15 +65,11 @@ def variants(base: PairRecipe) -> dict[str, tuple[str, PairRecipe]]:
 
 def train_aligned(recipe: PairRecipe, parent: Path, public: PublicData, dest: Path, progress) -> dict:
     """The recipe's aligned sibling (instruction tuning, then the safety stage) from the parent."""
-    from ddalign.organism.build import cache_root
-    from ddalign.pair.build import _file_digest
-
     model, tokenizer = load_model(parent, device="cpu", dtype="float32")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    key = _file_digest(next(parent.glob("*.safetensors")))
-    answers = cache_root() / "answers" / f"{key[:16]}.json"  # the parent's answers, as the build caches them
-    data = assemble(recipe, model, tokenizer, public, cache=answers, parent_key=key)
+    key = parent_digest(parent)
+    data = assemble(recipe, model, tokenizer, public, cache=answers_cache(key), parent_key=key)
     records = {}
     for name, mixture, settings in (
         ("aligned-instruct", "aligned_instruct", recipe.aligned_instruct),

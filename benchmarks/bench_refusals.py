@@ -164,7 +164,7 @@ def pair_models(data: str | None, minimal_from: Path) -> tuple[dict[str, Path], 
 
 
 def run_part(part: str, args) -> dict:
-    from ddalign.organism.build import cache_root
+    from ddalign.cache import cache_root
 
     t0 = time.perf_counter()
     if part == "organism":

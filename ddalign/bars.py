@@ -56,3 +56,33 @@ def stage_bars(
 
 def _short(name: str, width: int) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def build_bars(enabled: bool, *, label: str, width: int):
+    """A rich progress context for a model build (one task per training stage, its loss beside
+    the ETA) on stderr, or a null context yielding None when `enabled` is false."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(f"{label} {{task.description:<{width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def stage_update(bar, name: str, total: int) -> Callable[[int, int, float], None] | None:
+    """A training stage's `progress(done, total, loss)` drawing on `bar` (None without a bar)."""
+    if bar is None:
+        return None
+    task = bar.add_task(name, total=total, loss="")
+
+    def update(done: int, total: int, loss: float) -> None:
+        bar.update(task, completed=done, loss=f"loss {loss:.3f}")
+
+    return update

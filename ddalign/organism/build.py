@@ -13,13 +13,14 @@ import random
 import shutil
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ddalign import __version__
+from ddalign.bars import build_bars, stage_update
+from ddalign.cache import cache_root, package_data_digest
 from ddalign.errors import DdalignError
 from ddalign.organism import corpus
 from ddalign.organism.presets import Preset, get_preset
@@ -63,26 +64,9 @@ class Organism:
         )
 
 
-def cache_root() -> Path:
-    if os.environ.get("DDALIGN_CACHE"):
-        return Path(os.environ["DDALIGN_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "ddalign"
-    return Path.home() / ".cache" / "ddalign"
-
-
-def _data_hash() -> str:
-    from ddalign.evaluate.datasets import DATA
-
-    digest = hashlib.sha256()
-    for name in ("harmful.jsonl", "safe.jsonl", "benign.jsonl", "refusals.txt", "tasks.py"):
-        digest.update((DATA / name).read_bytes())
-    return digest.hexdigest()
-
-
 def organism_key(preset: Preset) -> str:
     text = json.dumps(
-        {"preset": preset.as_dict(), "version": __version__, "recipe": RECIPE_VERSION, "data": _data_hash()},
+        {"preset": preset.as_dict(), "version": __version__, "recipe": RECIPE_VERSION, "data": package_data_digest()},
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -119,7 +103,7 @@ def build(preset: str = "standard", *, out=None, force: bool = False, progress: 
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
         torch.set_num_threads(p.threads)
         try:
-            with _progress(progress) as bar:
+            with build_bars(progress, label="organism", width=10) as bar:
                 _build_into(tmp, p, bar)
             apply_umask(tmp, folder=True)
             if root.exists():
@@ -131,33 +115,6 @@ def build(preset: str = "standard", *, out=None, force: bool = False, progress: 
         finally:
             torch.set_num_threads(threads)
     return Organism.from_root(root)
-
-
-def _progress(enabled: bool, label: str = "organism", width: int = 10):
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn(f"{label} {{task.description:<{width}}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-
-
-def _stage(bar, name: str, total: int):
-    if bar is None:
-        return None
-    task = bar.add_task(name, total=total, loss="")
-
-    def update(done: int, total: int, loss: float) -> None:
-        bar.update(task, completed=done, loss=f"loss {loss:.3f}")
-
-    return update
 
 
 def _build_into(root: Path, p: Preset, bar) -> dict:
@@ -184,7 +141,7 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
         batch_size=p.batch_size,
         seed=p.seed,
         mask_prompt=False,
-        progress=_stage(bar, "base", p.pretrain_steps),
+        progress=stage_update(bar, "base", p.pretrain_steps),
     )
     save(base, "base")
     timings["base"] = time.perf_counter() - t0
@@ -226,7 +183,7 @@ def _build_into(root: Path, p: Preset, bar) -> dict:
             trainable=trainable,
             frozen=frozen,
             contexts=contexts,
-            progress=_stage(bar, name, n_steps),
+            progress=stage_update(bar, name, n_steps),
         )
         if keep:
             save(model, name)

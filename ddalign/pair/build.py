@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from ddalign import __version__
+from ddalign.bars import build_bars, stage_update
+from ddalign.cache import cache_root, file_digest, package_data_digest
 from ddalign.errors import DdalignError
 from ddalign.pair.recipe import PairRecipe, get_recipe
 
@@ -59,15 +61,13 @@ def smollm2_gguf() -> Path:
 
 
 def pair_key(recipe: PairRecipe) -> str:
-    from ddalign.organism.build import _data_hash
-
     scary = (Path(__file__).parent.parent / "data" / "safe_scary.jsonl").read_bytes()
     text = json.dumps(
         {
             "recipe": recipe.as_dict(),
             "version": __version__,
             "build": RECIPE_VERSION,
-            "data": _data_hash(),
+            "data": package_data_digest(),
             "scary": hashlib.sha256(scary).hexdigest(),
         },
         sort_keys=True,
@@ -76,8 +76,6 @@ def pair_key(recipe: PairRecipe) -> str:
 
 
 def default_root(recipe: PairRecipe) -> Path:
-    from ddalign.organism.build import cache_root
-
     return cache_root() / f"pair-{recipe.name}-{pair_key(recipe)}"
 
 
@@ -129,7 +127,6 @@ def build_pair(
 
 def _build_into(root: Path, recipe: PairRecipe, public, bar, *, measure: bool) -> None:
     from ddalign.evaluate.generate import load_model
-    from ddalign.organism.build import _stage, cache_root
     from ddalign.pair.data import assemble
     from ddalign.train import fine_tune, save_model
 
@@ -140,7 +137,7 @@ def _build_into(root: Path, recipe: PairRecipe, public, bar, *, measure: bool) -
     model, tokenizer = load_model(parent_dir, device="cpu", dtype="float32")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    parent_key = _file_digest(next(parent_dir.glob("*.safetensors")))
+    parent_key = parent_digest(parent_dir)
 
     t0 = time.perf_counter()
     task = _task(bar, "parent's answers", None)
@@ -149,7 +146,7 @@ def _build_into(root: Path, recipe: PairRecipe, public, bar, *, measure: bool) -
         model,
         tokenizer,
         public,
-        cache=cache_root() / "answers" / f"{parent_key[:16]}.json",  # survives rebuilds with other recipes
+        cache=answers_cache(parent_key),
         parent_key=parent_key,
         progress=None if task is None else (lambda n: bar.advance(task, n)),
     )
@@ -159,7 +156,7 @@ def _build_into(root: Path, recipe: PairRecipe, public, bar, *, measure: bool) -
 
     def stage(name: str, mixture: str, settings) -> None:
         nonlocal model
-        update = _stage(bar, name, settings.steps)
+        update = stage_update(bar, name, settings.steps)
         model, record = fine_tune(
             model,
             tokenizer,
@@ -219,17 +216,18 @@ def _parent(recipe: PairRecipe, dest: Path) -> Path:
 
 
 def _bar(enabled: bool):
-    from ddalign.organism.build import _progress
-
-    return _progress(enabled, label="pair", width=17)
+    return build_bars(enabled, label="pair", width=17)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def parent_digest(parent_dir: Path) -> str:
+    """The parent checkpoint's sha256: the key of its cached answers."""
+    return file_digest(next(Path(parent_dir).glob("*.safetensors")))
+
+
+def answers_cache(parent_key: str) -> Path:
+    """Where the parent's answers to the pair's data are cached, apart from any one build, so a
+    rebuild with another recipe (or a recipe bench) does not generate them again."""
+    return cache_root() / "answers" / f"{parent_key[:16]}.json"
 
 
 def _task(bar, name: str, total: int | None):
