@@ -80,6 +80,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import cpu_name  # noqa: E402
 from recipes import dapa_label, dapa_layers  # noqa: E402
 from row_cache import Cache  # noqa: E402
 
@@ -1013,16 +1014,6 @@ def _autocast(stages: dict) -> str:
     return " / ".join(kinds) + (" (float32 training: the CPU has no bf16 support)" if kinds == ["off"] else "")
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--organism", action="store_true", help="The organism part (the default without --pair).")
@@ -1061,7 +1052,7 @@ def main(argv: list[str] | None = None) -> None:
         (out / "distill.md").write_text(markdown(record), encoding="utf-8")
         console.print(f"written: {out / 'distill.md'} (from {path})")
         return
-    machine = {"cpu": _cpu(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
     def save(part: str, result: dict) -> None:  # each part says which machine measured it
         record[part] = {**result, "machine": machine}

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import cpu_name  # noqa: E402
 from recipes import dapa_components, dapa_label  # noqa: E402
 from row_cache import Cache  # noqa: E402
 
@@ -133,7 +134,7 @@ def main() -> None:
     search_csv, held_csv = split_advbench(public, work)
     result: dict = {"pair": {"root": str(pair.root), "info": {k: pair.info[k] for k in ("recipe", "seconds", "data")}}}
     result["pair"]["metrics"] = pair.metrics
-    result["machine"] = {"threads": torch.get_num_threads(), "cpu": _cpu(), "torch": torch.__version__}
+    result["machine"] = {"threads": torch.get_num_threads(), "cpu": cpu_name(), "torch": torch.__version__}
 
     bundles = {}
     if "extract" in parts or any(p in parts for p in ("table", "minimise", "transfer")):
@@ -180,16 +181,6 @@ def _from_cache(result: dict, data: dict) -> None:
         result["transfer"] = transfer
     if "judge" in data:
         result["judge"] = data["judge"]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _extract(pair, work: Path) -> dict:

@@ -26,6 +26,9 @@ from rich.table import Table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import cpu_name  # noqa: E402
 
 from ddalign.evaluate.datasets import builtin_records  # noqa: E402
 from ddalign.evaluate.generate import GenerationConfig, Generator, load_model  # noqa: E402
@@ -69,14 +72,7 @@ def main() -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
                 gen.generate(prompts)
             rows["generation (32 x 32 tokens)"].setdefault(mode, []).append(time.perf_counter() - t0)
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        "?",
-    )
+    cpu = cpu_name()
     result = {
         "model": str(folder),
         "cpu": cpu,
