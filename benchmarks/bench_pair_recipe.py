@@ -142,7 +142,7 @@ COLUMNS = (
 def cell(metrics: dict, key: str) -> str:
     value = metrics.get(key)
     if isinstance(value, dict):
-        text = f"{value['value']:.3f}"
+        text = f"{value['value']:.1f}" if "perplexity" in key else f"{value['value']:.3f}"
         return text + (f" [{value['ci95'][0]:.2f}, {value['ci95'][1]:.2f}]" if key == "dsr_advbench" else "")
     return "-" if value is None else f"{value:.2f}"
 
